@@ -1,0 +1,51 @@
+# Two commands for users: `make run` (the whole system, locally, no Docker) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL := models/mnist_model.h5
+# The team's offline MNIST copy when it sits beside the checkout; elsewhere the trainer downloads MNIST.
+MNIST_DIR ?= $(firstword $(wildcard ../shared/data/mnist))
+TRAIN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help run test lint model migrate worker web flower clean
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed" or 0)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamps: reinstall only when a requirements file changed.
+$(VENV)/.installed-local: $(PY) $(wildcard requirements/*.txt)
+	$(PY) -m pip install -r requirements/local.txt
+	@touch $@
+
+$(VENV)/.installed-dev: $(PY) $(wildcard requirements/*.txt)
+	$(PY) -m pip install -r requirements/dev.txt
+	@touch $@ $(VENV)/.installed-local
+
+$(MODEL): | $(VENV)/.installed-local
+	$(PY) -m worker.create_and_train_model $(if $(MNIST_DIR),--data $(MNIST_DIR)) $(TRAIN_ARGS)
+
+model: $(VENV)/.installed-local  ## train the seed CNN into models/mnist_model.h5 (if missing)
+	@$(MAKE) --no-print-directory $(MODEL)
+
+run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a worker and Flower :5555
+	$(PY) -m scripts.run_local
+
+test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and Redis, see README)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev  ## ruff
+	$(VENV)/bin/ruff check .
+
+migrate: $(VENV)/.installed-local  ## apply database migrations to DATABASE_URL
+	$(PY) -m shared.migrate
+
+clean:  ## remove the virtualenv and local run data (not the model)
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

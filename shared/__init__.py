@@ -1,0 +1,1 @@
+"""Code both the web tier and the workers use: settings, database, schema, imaging."""

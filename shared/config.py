@@ -1,0 +1,73 @@
+"""Settings read from the environment (and `.env`): the only module that looks at os.environ."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration of web, worker and migrations; URLs carry credentials, so they have no defaults."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    redis_url: str = Field(description="Celery broker and result backend, e.g. redis://127.0.0.1:6379/0")
+    database_url: str = Field(description="SQLAlchemy URL, e.g. mysql+pymysql://digits:secret@127.0.0.1/digits")
+    model_path: Path = Field(REPO_ROOT / "models" / "mnist_model.h5", description="Trained Keras .h5 model")
+
+    # Uploads: refused with a clear 4xx when over these limits.
+    max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted file, in bytes")
+    max_files_per_request: int = Field(16, description="Most files in one POST /predict")
+    max_image_pixels: int = Field(40_000_000, description="Largest accepted width x height")
+    max_image_side: int = Field(12_000, description="Longest accepted side, in pixels")
+    min_image_side: int = Field(8, description="Shortest accepted side, in pixels")
+
+    queue_name: str = Field("digits", description="Celery queue the predictions travel on")
+    result_ttl_seconds: int = Field(24 * 3600, description="How long Redis keeps a finished result")
+    enqueue_timeout_seconds: float = Field(3.0, description="How long the web tries Redis before answering 503")
+    worker_tf_threads: int = Field(0, description="TensorFlow intra-op threads per worker process; 0 = all cores")
+    log_level: str = Field("INFO", description="Python logging level")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest request body: all files at their limit plus room for the multipart framing."""
+        return self.max_upload_bytes * self.max_files_per_request + 64 * 1024
+
+
+class LocalRunSettings(BaseSettings):
+    """What `make run` reads: everything optional, because it brings its own Redis and database."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    port: int = Field(8000, description="Web port for `make run`")
+    flower_port: int = Field(5555, description="Flower port for `make run`")
+    flower_basic_auth: str | None = Field(None, description="user:password for Flower; generated when unset")
+    web_workers: int = Field(2, description="gunicorn worker processes for `make run`")
+    worker_concurrency: int = Field(1, description="Celery worker processes for `make run`")
+    data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The current environment plus overrides, for processes that a launcher starts."""
+    env = dict(os.environ)
+    env.update(overrides)
+    return env
+
+
+def quiet_tensorflow_logs() -> None:
+    """Hide TensorFlow's C++ start-up chatter; must run before TensorFlow is first imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
