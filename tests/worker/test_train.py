@@ -1,0 +1,94 @@
+"""End-to-end tests of the training script on a small slice of the offline MNIST copy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from worker.create_and_train_model import main
+from worker.mnist_data import EXPECTED_SHA256
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# CI checks the repo out with the shared team material beside it: <dir>/<repo> and <dir>/shared.
+OFFLINE_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+METADATA_FIELDS = {
+    "model_version", "architecture", "test_accuracy", "test_loss", "epochs", "train_samples", "seed",
+    "train_seconds", "data_source", "data_sha256", "trained_at", "tensorflow_version", "keras_version",
+    "python_version",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train once for the module: 3,000 images, 1 epoch (a few seconds on 2 cores)."""
+    if not OFFLINE_MNIST.is_dir():
+        pytest.fail(f"offline MNIST copy not found at {OFFLINE_MNIST} (expected ../shared beside the repo)")
+    output = tmp_path_factory.mktemp("model") / "m.h5"
+    rc = main([
+        "--data", str(OFFLINE_MNIST), "--limit", "3000", "--epochs", "1",
+        "--min-accuracy", "0.80", "--output", str(output),
+    ])
+    assert rc == 0
+    return output
+
+
+def test_model_file_has_the_seed_architecture(trained: Path) -> None:
+    import keras
+
+    model = keras.models.load_model(trained)
+    assert [type(layer).__name__ for layer in model.layers] == ["Conv2D", "MaxPooling2D", "Flatten", "Dense"]
+    assert tuple(model.input_shape) == (None, 28, 28, 1)
+    assert tuple(model.output_shape) == (None, 10)
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.layers[0].filters == 32 and tuple(model.layers[0].kernel_size) == (3, 3)
+
+
+def test_metadata_describes_the_saved_file(trained: Path) -> None:
+    metadata = json.loads(trained.with_suffix(".json").read_text())
+    assert set(metadata) == METADATA_FIELDS
+    assert metadata["model_version"] == hashlib.sha256(trained.read_bytes()).hexdigest()[:16]
+    assert metadata["architecture"] == "seed-cnn"
+    assert 0.80 <= metadata["test_accuracy"] <= 1.0
+    assert metadata["epochs"] == 1 and metadata["train_samples"] == 3000 and metadata["seed"] == 42
+    assert metadata["data_sha256"] == EXPECTED_SHA256
+    assert datetime.fromisoformat(metadata["trained_at"]).utcoffset().total_seconds() == 0
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in trained.parent.iterdir()) == ["m.h5", "m.json"]
+
+
+def test_existing_output_is_skipped_without_force(trained: Path) -> None:
+    before = trained.read_bytes()
+    # A bogus --data proves it returns before touching the data at all.
+    assert main(["--data", "/nonexistent", "--output", str(trained)]) == 0
+    assert trained.read_bytes() == before
+
+
+def test_accuracy_below_the_bar_fails_and_saves_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "m.h5"
+    rc = main([
+        "--data", str(OFFLINE_MNIST), "--limit", "1000", "--epochs", "1",
+        "--min-accuracy", "0.999", "--output", str(output),
+    ])
+    assert rc != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_data_dir_fails_clearly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m.h5")]) == 2
+    assert "MNIST data not found" in caplog.text
+
+
+def test_script_runs_as_a_file() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "worker" / "create_and_train_model.py"), "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--min-accuracy" in proc.stdout

@@ -1,0 +1,1 @@
+"""Celery worker side: model training, loading and digit prediction."""
