@@ -1,0 +1,116 @@
+"""Accuracy of shared.imaging's preprocessing with the real model on real MNIST digits.
+
+Three figures, printed with each run:
+* raw MNIST test digits uploaded as PNG: preprocessing must keep the model's own accuracy;
+* a seeded set of "user-style" uploads (tests/userstyle.py: photos, scans, drawings);
+* the same set through a resize-only baseline, to show the set is hard.
+
+The model's error rate is a floor for every figure, so each accuracy is also compared with the
+model's accuracy on the very same digits as clean MNIST: the gap is what preprocessing loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+
+from shared.config import REPO_ROOT
+from shared.imaging import ImageRejected, preprocess
+from tests.userstyle import KINDS, accuracy_by_kind, encode_png, resize_only, sample_indices, user_style_set
+
+log = logging.getLogger(__name__)
+
+MODEL_PATH = REPO_ROOT / "models" / "mnist_model.h5"
+TARGET = 0.98  # accuracy on user-style uploads (and on raw MNIST uploads)
+MAX_GAP = 0.01  # what preprocessing may lose against the model's accuracy on the same clean digits
+# No kind of upload may collapse. About 180 images each, so +-1.2 points of sampling noise; over
+# all 10,000 test digits every kind scores within 0.6 points of the model's clean accuracy.
+KIND_FLOOR = 0.93
+BASELINE_CEILING = 0.6  # the resize-only baseline must fail on the user-style set
+USER_STYLE_N = 2000
+USER_STYLE_SEED = 2024
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The real model, loaded once for the module."""
+    if not MODEL_PATH.exists():
+        pytest.fail(f"no model at {MODEL_PATH}: run `make model` to train it first", pytrace=False)
+    from worker.model import Predictor
+
+    return Predictor.load(MODEL_PATH)
+
+
+@pytest.fixture(scope="module")
+def user_style(mnist) -> list[tuple[bytes, int, str]]:
+    """The seeded user-style set drawn from the MNIST test split."""
+    return user_style_set(mnist.x_test, mnist.y_test, USER_STYLE_N, USER_STYLE_SEED)
+
+
+def predict(predictor, images: np.ndarray) -> np.ndarray:
+    """Predicted digits for preprocessed (N, 28, 28) images, in model-sized batches; NaN images get -1."""
+    rejected = np.isnan(images).any(axis=(1, 2))
+    batch = np.nan_to_num(images)
+    digits = np.concatenate([predictor.predict(batch[i:i + 512]).argmax(axis=1) for i in range(0, len(batch), 512)])
+    return np.where(rejected, -1, digits)  # a refused upload is a wrong answer
+
+
+def run(fn: Callable[[bytes], np.ndarray], uploads: Sequence[bytes]) -> tuple[np.ndarray, float]:
+    """Preprocess every upload (a refused one becomes a NaN image); returns the images and ms per image."""
+    images = np.full((len(uploads), 28, 28), np.nan, np.float32)
+    start = time.perf_counter()
+    for i, data in enumerate(uploads):
+        try:
+            images[i] = fn(data)
+        except ImageRejected as exc:
+            log.warning("upload %d refused: %s", i, exc)
+    return images, (time.perf_counter() - start) * 1000 / len(uploads)
+
+
+def report(capsys, line: str) -> None:
+    """Show a figure in the test output even when pytest captures it."""
+    log.info(line)
+    with capsys.disabled():
+        print(f"\n    {line}", end="")
+
+
+def test_raw_mnist_uploads_keep_the_models_accuracy(predictor, mnist, capsys):
+    x, y = mnist.x_test, mnist.y_test
+    images, ms = run(preprocess, [encode_png(d) for d in x])
+    accuracy = float(np.mean(predict(predictor, images) == y))
+    direct = float(np.mean(predict(predictor, x.astype(np.float32) / 255) == y))
+    first = float(np.mean(predict(predictor, images[:2000]) == y[:2000]))
+    report(capsys, f"raw MNIST test set as PNG uploads: {accuracy:.4f} (model on the arrays: {direct:.4f}; "
+                   f"first 2000: {first:.4f}) at {ms:.2f} ms/image")
+    assert accuracy >= TARGET
+    assert accuracy >= direct - 0.003
+
+
+def test_user_style_uploads_reach_the_target(predictor, mnist, user_style, capsys):
+    labels = [label for _, label, _ in user_style]
+    kinds = [kind for _, _, kind in user_style]
+    images, ms = run(preprocess, [data for data, _, _ in user_style])
+    predicted = predict(predictor, images)
+    scores = accuracy_by_kind(labels, kinds, predicted)
+    clean = mnist.x_test[sample_indices(len(mnist.x_test), USER_STYLE_N, USER_STYLE_SEED)]
+    ceiling = float(np.mean(predict(predictor, clean.astype(np.float32) / 255) == np.asarray(labels)))
+    per_kind = ", ".join(f"{kind} {scores[kind]:.3f}" for kind in KINDS)
+    report(capsys, f"user-style uploads ({USER_STYLE_N}, seed {USER_STYLE_SEED}): {scores['all']:.4f} "
+                   f"(same digits as clean MNIST: {ceiling:.4f}) at {ms:.2f} ms/image; {per_kind}")
+    assert scores["all"] >= TARGET
+    assert scores["all"] >= ceiling - MAX_GAP
+    weak = {kind: score for kind, score in scores.items() if score < KIND_FLOOR}
+    assert not weak, f"kinds of upload far below target: {weak}"
+
+
+def test_resize_only_baseline_fails_on_user_style_uploads(predictor, user_style, capsys):
+    labels = [label for _, label, _ in user_style]
+    kinds = [kind for _, _, kind in user_style]
+    images, _ = run(resize_only, [data for data, _, _ in user_style])
+    scores = accuracy_by_kind(labels, kinds, predict(predictor, images))
+    report(capsys, f"resize-only baseline on the same uploads: {scores['all']:.4f}")
+    assert scores["all"] < BASELINE_CEILING
