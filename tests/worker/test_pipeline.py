@@ -1,0 +1,101 @@
+"""The worker's batch pipeline with the real model and the real database."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from shared import imaging
+from shared.config import REPO_ROOT
+from shared.schema import Prediction, State
+from tests.conftest import png_bytes
+from worker.model import load_predictor
+from worker.pipeline import run_batch
+
+MODEL_PATH = REPO_ROOT / "models" / "mnist_model.h5"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The trained seed model, loaded once for the module."""
+    assert MODEL_PATH.exists(), f"no trained model at {MODEL_PATH}: run `make model` first"
+    return load_predictor(MODEL_PATH)
+
+
+def _add(sessions, data: bytes, task_id: str) -> None:
+    with sessions() as s, s.begin():
+        s.add(Prediction(task_id=task_id, state=State.PENDING.value, image=data,
+                         image_sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+
+
+def _run(ids, sessions, predictor):
+    return run_batch(ids, sessions, predictor, "test-worker", imaging.preprocess)
+
+
+def test_batch_predicts_and_stores_every_row(db_sessions, predictor, mnist):
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(8)]
+    for i, task_id in enumerate(ids):
+        _add(db_sessions, png_bytes(mnist.x_test[i]), task_id)
+
+    docs = _run(ids, db_sessions, predictor)
+
+    assert list(docs) == ids
+    assert [d["digit"] for d in docs.values()] == [int(y) for y in mnist.y_test[:8]]
+    with db_sessions() as s:
+        rows = {r.task_id: r for r in s.scalars(select(Prediction))}
+    for task_id, doc in docs.items():
+        row = rows[task_id]
+        assert row.state == State.SUCCESS
+        assert doc == row.status_document()
+        assert len(row.probabilities) == 10 and abs(sum(row.probabilities) - 1) < 1e-3
+        assert row.confidence == pytest.approx(max(row.probabilities), abs=1e-5)
+        assert row.model_version == predictor.version
+        assert row.worker == "test-worker"
+        assert row.started_at <= row.finished_at
+
+
+def test_redelivered_task_keeps_its_first_answer_and_one_row(db_sessions, predictor, mnist):
+    task_id = "00000000-0000-4000-8000-000000000100"
+    _add(db_sessions, png_bytes(mnist.x_test[0]), task_id)
+
+    first = _run([task_id], db_sessions, predictor)[task_id]
+    second = _run([task_id], db_sessions, predictor)[task_id]
+
+    assert first == second
+    with db_sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.task_id == task_id)) == 1
+
+
+def test_poison_and_blank_images_fail_with_a_reason_without_blocking_the_batch(db_sessions, predictor, mnist):
+    blank = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(blank, format="PNG")
+    ids = {"ok": "00000000-0000-4000-8000-000000000201", "blank": "00000000-0000-4000-8000-000000000202",
+           "poison": "00000000-0000-4000-8000-000000000203"}
+    _add(db_sessions, png_bytes(mnist.x_test[0]), ids["ok"])
+    _add(db_sessions, blank.getvalue(), ids["blank"])
+    _add(db_sessions, b"\x89PNG\r\n\x1a\n garbage", ids["poison"])
+
+    docs = _run(list(ids.values()), db_sessions, predictor)
+
+    assert docs[ids["ok"]]["state"] == "SUCCESS"
+    assert docs[ids["blank"]]["state"] == "FAILURE"
+    assert "digit" in docs[ids["blank"]]["error"].lower()
+    assert docs[ids["poison"]]["state"] == "FAILURE"
+    assert docs[ids["poison"]]["error"]
+
+
+def test_unknown_task_id_is_reported_not_raised(db_sessions, predictor):
+    docs = _run(["00000000-0000-4000-8000-000000000999"], db_sessions, predictor)
+    assert docs["00000000-0000-4000-8000-000000000999"]["state"] == "FAILURE"
+
+
+def test_compiled_call_matches_keras_predict(predictor, mnist):
+    batch = mnist.x_test[:64].astype(np.float32) / 255
+    fast = predictor.predict(batch)
+    slow = predictor.model.predict(batch[..., None], verbose=0)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)

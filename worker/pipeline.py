@@ -1,0 +1,126 @@
+"""Turn queued task ids into stored predictions: one read, one model call and one write per batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker, undefer
+
+from shared.db import session_scope
+from shared.imaging import ImageRejected
+from shared.schema import FINAL_STATES, Prediction, State, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What the pipeline needs of a model: a version and a batched call."""
+
+    version: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 10) for (N, 28, 28) images."""
+        ...
+
+
+@dataclass
+class _Work:
+    row: Prediction
+    image: np.ndarray | None = None
+    error: str | None = None
+
+
+def run_batch(
+    task_ids: Sequence[str],
+    session_factory: sessionmaker[Session],
+    model: Model,
+    worker_name: str,
+    preprocess: Callable[[bytes], np.ndarray],
+) -> dict[str, dict[str, Any]]:
+    """Predict every task id's upload and store the results; returns each id's status document."""
+    with session_scope(session_factory) as session:
+        rows = session.scalars(
+            select(Prediction).options(undefer(Prediction.image)).where(Prediction.task_id.in_(list(task_ids)))
+        ).all()
+    by_id = {row.task_id: row for row in rows}
+    docs: dict[str, dict[str, Any]] = {}
+    work: list[_Work] = []
+    for task_id in task_ids:
+        row = by_id.get(task_id)
+        if row is None:
+            # The web writes the row before it enqueues, so this is a message from elsewhere: report, don't crash.
+            log.error("task %s has no row in the database; dropping it", task_id)
+            docs[task_id] = {"task_id": task_id, "state": State.FAILURE.value, "error": "unknown upload"}
+        elif row.state in FINAL_STATES:
+            docs[task_id] = row.status_document()  # a redelivery: the answer is already stored
+        else:
+            work.append(_Work(row))
+    if not work:
+        return docs
+
+    started = utcnow()
+    t0 = time.perf_counter()
+    for item in work:
+        try:
+            item.image = preprocess(item.row.image)
+        except ImageRejected as exc:
+            item.error = str(exc)
+        except Exception as exc:  # a poison image must end as FAILURE, never block the queue
+            log.exception("preprocessing failed for task %s", item.row.task_id)
+            item.error = f"could not read this image ({type(exc).__name__})"
+    preprocess_ms = (time.perf_counter() - t0) * 1000 / len(work)
+
+    ready = [item for item in work if item.image is not None]
+    inference_ms = 0.0
+    probabilities = np.empty((0, 10), np.float32)
+    if ready:
+        t1 = time.perf_counter()
+        probabilities = model.predict(np.stack([item.image for item in ready]))
+        inference_ms = (time.perf_counter() - t1) * 1000
+    finished = utcnow()
+
+    results = {item.row.task_id: probs for item, probs in zip(ready, probabilities, strict=True)}
+    with session_scope(session_factory) as session:
+        for item in work:
+            row = item.row
+            values: dict[str, Any] = {
+                "started_at": started,
+                "finished_at": finished,
+                "worker": worker_name,
+                "preprocess_ms": round(preprocess_ms, 3),
+                "model_version": model.version,
+            }
+            probs = results.get(row.task_id)
+            if probs is not None:
+                values |= {
+                    "state": State.SUCCESS.value,
+                    "digit": int(np.argmax(probs)),
+                    "confidence": round(float(np.max(probs)), 6),
+                    "probabilities": [round(float(p), 6) for p in probs],
+                    "inference_ms": round(inference_ms, 3),
+                    "error": None,
+                }
+            else:
+                values |= {"state": State.FAILURE.value, "error": item.error}
+            # Only a row that is not final yet is written: a task delivered twice keeps its first answer.
+            result = session.execute(
+                update(Prediction)
+                .where(Prediction.task_id == row.task_id, Prediction.state.not_in([s.value for s in FINAL_STATES]))
+                .values(**values)
+            )
+            if result.rowcount == 1:
+                for key, value in values.items():
+                    setattr(row, key, value)
+                docs[row.task_id] = row.status_document()
+    raced = [item.row.task_id for item in work if item.row.task_id not in docs]
+    if raced:
+        with session_scope(session_factory) as session:
+            for row in session.scalars(select(Prediction).where(Prediction.task_id.in_(raced))):
+                docs[row.task_id] = row.status_document()
+    return {task_id: docs[task_id] for task_id in task_ids if task_id in docs}
