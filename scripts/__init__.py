@@ -1,0 +1,1 @@
+"""Operational entry points: local launcher and helpers for running the stack."""

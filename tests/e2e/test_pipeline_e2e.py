@@ -1,0 +1,137 @@
+"""End to end: real gunicorn web + real Celery worker process + Redis + MariaDB."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import redis
+import requests
+from sqlalchemy import select
+
+from shared.config import REPO_ROOT, Settings, child_environment
+from shared.schema import Prediction
+from tests.conftest import png_bytes
+from tests.userstyle import user_style_set
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    base_url: str
+    settings: Settings
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.poll() is None, f"{p.args[:4]} exited with {p.returncode}"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)  # bounded readiness poll of a starting server, not a wait for work
+    raise AssertionError(f"{url} not ready after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
+    """gunicorn and a prefork Celery worker as separate processes, on a queue of their own."""
+    settings = Settings(redis_url=redis_url, database_url=database_url, queue_name=f"e2e-{_free_port()}")
+    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, QUEUE_NAME=settings.queue_name,
+                            LOG_LEVEL="INFO")
+    port = _free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                          "--worker-class", "gthread", "--threads", "4", "web:create_app()"], cwd=REPO_ROOT, env=env),
+        subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "prefork",
+                          "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                          "--hostname", f"e2e-{port}@%h"], cwd=REPO_ROOT, env=env),
+    ]
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", procs)
+        yield Stack(f"http://127.0.0.1:{port}", settings)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_final(stack: Stack, status_url: str, timeout: float = 90) -> dict:
+    """Long-poll the status URL until the task is final (the server holds each request up to 10 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = requests.get(f"{stack.base_url}{status_url}", params={"wait": 10}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        doc = resp.json()
+        if doc["state"] in ("SUCCESS", "FAILURE"):
+            return doc
+    raise AssertionError(f"{status_url} not final after {timeout} s")
+
+
+def test_photo_upload_is_predicted_and_stored_once(stack, mnist, db_sessions):
+    cases = user_style_set(mnist.x_test, mnist.y_test, n=6, seed=7)
+    accepted = []
+    for data, label, kind in cases:
+        resp = requests.post(f"{stack.base_url}/predict", files={"file": (f"{kind}.img", data)}, timeout=10)
+        assert resp.status_code == 202, resp.text
+        accepted.append((resp.json(), label))
+
+    docs = [(_wait_final(stack, body["status_url"]), label) for body, label in accepted]
+
+    assert all(doc["state"] == "SUCCESS" for doc, _ in docs), docs
+    correct = sum(doc["digit"] == label for doc, label in docs)
+    assert correct >= len(docs) - 1, docs  # the model is ~98% accurate: allow one miss, not more
+    with db_sessions() as s:
+        for doc, _ in docs:
+            rows = s.scalars(select(Prediction).where(Prediction.task_id == doc["task_id"])).all()
+            assert len(rows) == 1
+            assert rows[0].state == "SUCCESS" and rows[0].digit == doc["digit"]
+            assert rows[0].status_document() == doc
+
+
+def test_status_survives_the_redis_result_expiring(stack, mnist):
+    body = requests.post(f"{stack.base_url}/predict", files={"file": ("d.png", png_bytes(mnist.x_test[3]))},
+                         timeout=10).json()
+    doc = _wait_final(stack, body["status_url"])
+    redis.Redis.from_url(stack.settings.redis_url).delete(f"celery-task-meta-{body['task_id']}")
+
+    again = requests.get(f"{stack.base_url}{body['status_url']}", timeout=10)
+
+    assert again.status_code == 200
+    assert again.json() == doc
+
+
+def test_blank_page_is_refused_with_a_clear_message(stack):
+    blank = png_bytes(np.full((120, 90), 250))
+    resp = requests.post(f"{stack.base_url}/predict", files={"file": ("blank.png", blank)}, timeout=10)
+
+    assert resp.status_code == 400
+    err = resp.json()["error"]
+    assert err["code"] == "no_ink"
+    assert "blank.png" in err["message"]
+
+
+def test_page_and_unknown_task(stack):
+    assert "Digit reader" in requests.get(stack.base_url, timeout=5).text
+    missing = requests.get(f"{stack.base_url}/tasks/00000000-0000-4000-8000-000000000000", timeout=5)
+    assert missing.status_code == 404

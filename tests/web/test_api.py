@@ -1,0 +1,168 @@
+"""The JSON API against real MariaDB and Redis (no worker: the queue is inspected directly)."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import numpy as np
+import redis
+from sqlalchemy import select
+
+from shared.config import Settings
+from shared.schema import Prediction, State
+from tests.conftest import png_bytes
+from web import create_app
+
+
+def _post(client, *files: tuple[bytes, str]):
+    data = {"file": [(io.BytesIO(content), name) for content, name in files]}
+    return client.post("/predict", data=data, content_type="multipart/form-data")
+
+
+def _queued_task_ids(settings: Settings) -> list[str]:
+    """Task ids of the messages waiting in the test's Redis queue."""
+    r = redis.Redis.from_url(settings.redis_url)
+    return [json.loads(m)["headers"]["id"] for m in r.lrange(settings.queue_name, 0, -1)]
+
+
+def test_predict_records_row_then_queues_and_answers_202(client, settings, db_sessions, mnist):
+    resp = _post(client, (png_bytes(mnist.x_test[0]), "seven.png"))
+
+    assert resp.status_code == 202
+    body = resp.get_json()
+    task_id = body["task_id"]
+    assert body["status_url"] == f"/tasks/{task_id}"
+    assert resp.headers["Location"] == body["status_url"]
+    with db_sessions() as s:
+        row = s.scalars(select(Prediction).where(Prediction.task_id == task_id)).one()
+        assert row.state == State.PENDING
+        assert row.filename == "seven.png"
+        assert row.content_type == "image/png"
+        assert (row.width, row.height) == (28, 28)
+    assert _queued_task_ids(settings) == [task_id]
+
+
+def test_status_of_a_queued_upload_is_pending_from_the_database(client, mnist):
+    task_id = _post(client, (png_bytes(mnist.x_test[1]), "two.png")).get_json()["task_id"]
+
+    resp = client.get(f"/tasks/{task_id}")
+
+    assert resp.status_code == 200
+    doc = resp.get_json()
+    assert doc["task_id"] == task_id
+    assert doc["state"] == "PENDING"
+    assert set(doc) == {"task_id", "state", "digit", "confidence", "probabilities", "model_version", "error",
+                        "created_at", "finished_at"}
+    assert doc["created_at"].endswith("Z")
+
+
+def test_several_files_in_one_request_each_get_a_task(client, settings, mnist):
+    resp = _post(client, *[(png_bytes(mnist.x_test[i]), f"d{i}.png") for i in range(3)])
+
+    assert resp.status_code == 202
+    tasks = resp.get_json()["tasks"]
+    assert [t["filename"] for t in tasks] == ["d0.png", "d1.png", "d2.png"]
+    assert sorted(_queued_task_ids(settings)) == sorted(t["task_id"] for t in tasks)
+
+
+def test_unknown_task_is_404_not_pending_forever(client):
+    for task_id in (str(uuid.uuid4()), "not-a-task-id"):
+        resp = client.get(f"/tasks/{task_id}")
+        assert resp.status_code == 404
+        assert resp.get_json()["error"]["code"] == "not_found"
+
+
+def test_missing_field_is_400(client):
+    resp = client.post("/predict", data={"other": (io.BytesIO(b"x"), "a.png")}, content_type="multipart/form-data")
+    assert resp.status_code == 400
+    assert "field named 'file'" in resp.get_json()["error"]["message"]
+
+
+def test_empty_file_is_400(client):
+    resp = _post(client, (b"", "empty.png"))
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["code"] == "empty_file"
+
+
+def test_text_named_png_is_415(client, db_sessions):
+    resp = _post(client, (b"hello, I am not an image\n" * 10, "fake.png"))
+    assert resp.status_code == 415
+    err = resp.get_json()["error"]
+    assert err["code"] == "not_an_image"
+    assert "fake.png" in err["message"]
+    with db_sessions() as s:
+        assert s.scalars(select(Prediction)).all() == []  # nothing recorded for a refused upload
+
+
+def test_truncated_png_is_400(client, mnist):
+    data = png_bytes(mnist.x_test[0])
+    resp = _post(client, (data[: len(data) // 2], "cut.png"))
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["code"] == "truncated"
+
+
+def test_non_multipart_body_is_415(client):
+    resp = client.post("/predict", data=b"\x89PNG", content_type="image/png")
+    assert resp.status_code == 415
+
+
+def test_file_over_the_limit_is_413(database_url, redis_url, db_engine, mnist):
+    settings = Settings(redis_url=redis_url, database_url=database_url, max_upload_bytes=200, queue_name="t413")
+    client = create_app(settings).test_client()
+    resp = _post(client, (png_bytes(np.full((64, 64), 7, np.uint8)) + b"\0" * 300, "big.png"))
+    assert resp.status_code == 413
+    assert resp.get_json()["error"]["code"] == "too_large"
+
+
+def test_body_over_the_request_limit_is_413(database_url, redis_url, db_engine):
+    settings = Settings(redis_url=redis_url, database_url=database_url, max_upload_bytes=1000,
+                        max_files_per_request=1, queue_name="t413b")
+    client = create_app(settings).test_client()
+    resp = _post(client, (b"\0" * 200_000, "huge.png"))
+    assert resp.status_code == 413
+    assert resp.get_json()["error"]["code"] == "too_large"
+
+
+def test_too_many_files_is_400(database_url, redis_url, db_engine, mnist):
+    settings = Settings(redis_url=redis_url, database_url=database_url, max_files_per_request=2, queue_name="tmany")
+    client = create_app(settings).test_client()
+    resp = _post(client, *[(png_bytes(mnist.x_test[i]), f"{i}.png") for i in range(3)])
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["code"] == "too_many_files"
+
+
+def test_queue_unavailable_is_503_and_leaves_no_row(database_url, db_engine, db_sessions, mnist):
+    # A real Redis URL on a port where nothing listens: the broker is down.
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", database_url=database_url, queue_name="tdown")
+    client = create_app(settings).test_client()
+
+    resp = _post(client, (png_bytes(mnist.x_test[0]), "a.png"))
+
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["code"] == "queue_unavailable"
+    with db_sessions() as s:
+        assert s.scalars(select(Prediction)).all() == []
+
+
+def test_history_is_paginated_newest_first(client, mnist):
+    ids = [_post(client, (png_bytes(mnist.x_test[i]), f"h{i}.png")).get_json()["task_id"] for i in range(3)]
+
+    page1 = client.get("/predictions?per_page=2").get_json()
+    page2 = client.get("/predictions?per_page=2&page=2").get_json()
+
+    assert page1["total"] == 3
+    assert [i["task_id"] for i in page1["items"]] == ids[::-1][:2]
+    assert [i["task_id"] for i in page2["items"]] == ids[:1]
+    assert page1["items"][0]["filename"] == "h2.png"
+    assert client.get("/predictions?per_page=1000").status_code == 400
+
+
+def test_index_page_is_served_without_external_assets(client):
+    resp = client.get("/")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert 'name="file"' in html
+    assert "http://" not in html and "https://" not in html
+    assert client.get("/static/app.js").status_code == 200

@@ -1,0 +1,48 @@
+"""The HTTP tier: accepts uploads, records them, queues them, and reports their state. No TensorFlow here."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from flask import Flask
+
+from shared.config import REPO_ROOT, Settings, get_settings
+from shared.db import make_engine, make_session_factory
+from shared.logs import configure_logging
+from shared.queue import make_celery
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
+    """Application factory: dependencies are passed in (tests) or built from the environment."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__, template_folder=str(REPO_ROOT / "templates"), static_folder="static")
+    # Werkzeug refuses larger bodies with 413 before reading them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes
+    app.config["MAX_FORM_PARTS"] = settings.max_files_per_request + 16
+    app.json.sort_keys = False
+
+    # Neither of these connects now: the engine's pool and Celery's producer connect on first use.
+    engine = make_engine(settings.database_url)
+    app.extensions["digits"] = {
+        "settings": settings,
+        "engine": engine,
+        "sessions": make_session_factory(engine),
+        "celery": celery or make_celery(settings, main="digits-web", results=False),
+        "redis": redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
+    }
+
+    from web import api, errors, health, pages
+    from web.db import close_session
+
+    app.teardown_appcontext(close_session)
+    errors.register(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    return app

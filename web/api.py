@@ -1,0 +1,194 @@
+"""The JSON API: POST /predict, GET /tasks/<id>, GET /predictions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+from sqlalchemy import delete, func, select
+from werkzeug.datastructures import FileStorage
+
+from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image
+from shared.queue import result_key
+from shared.schema import FINAL_STATES, Prediction, State
+from shared.tasks import PREDICT_TASK
+from web import db
+from web.errors import ApiError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+
+TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "image/bmp", "WEBP": "image/webp",
+        "TIFF": "image/tiff"}
+# An image that cannot be read is a bad request; content that is not an image we take is an unsupported type.
+REJECTION_STATUS = {"not_an_image": 415, "unsupported_format": 415}
+
+
+@dataclass
+class Upload:
+    """A validated file, ready to be stored."""
+
+    filename: str | None
+    data: bytes
+    info: ImageInfo
+
+
+def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> Upload:
+    """Read one multipart file and check it is an image we can take, or raise ApiError."""
+    name = (storage.filename or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or None
+    label = f"'{name}'" if name else "The file"
+    data = storage.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(413, "too_large", f"{label} is larger than {max_bytes // (1024 * 1024)} MiB.")
+    if not data:
+        raise ApiError(400, "empty_file", f"{label} is empty.")
+    try:
+        info = inspect_image(data, limits)
+    except ImageRejected as exc:
+        raise ApiError(REJECTION_STATUS.get(exc.code, 400), exc.code, f"{label}: {exc}") from exc
+    return Upload(name, data, info)
+
+
+def _status_url(task_id: str) -> str:
+    return url_for("api.task_status", task_id=task_id)
+
+
+@bp.post("/predict")
+def predict() -> ResponseReturnValue:
+    """Validate, record (before answering) and enqueue one or several uploads; 202 with their task ids."""
+    cfg = db.settings()
+    if not request.mimetype.startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type",
+                       "Send the image as multipart/form-data in a field named 'file'.")
+    files = [f for f in request.files.getlist("file")]
+    if not files:
+        raise ApiError(400, "missing_file", "No file: send the image in a multipart field named 'file'.")
+    if len(files) > cfg.max_files_per_request:
+        raise ApiError(400, "too_many_files", f"At most {cfg.max_files_per_request} files per request.")
+    limits = ImageLimits(max_pixels=cfg.max_image_pixels, max_side=cfg.max_image_side,
+                         min_side=cfg.min_image_side)
+    uploads = [_read_upload(f, limits, cfg.max_upload_bytes) for f in files]
+
+    rows = [
+        Prediction(
+            task_id=str(uuid.uuid4()),
+            state=State.PENDING.value,
+            image=u.data,
+            image_sha256=hashlib.sha256(u.data).hexdigest(),
+            filename=u.filename,
+            content_type=MIME.get(u.info.format),
+            size_bytes=len(u.data),
+            width=u.info.width,
+            height=u.info.height,
+        )
+        for u in uploads
+    ]
+    session = db.session()
+    session.add_all(rows)
+    session.commit()  # recorded before anyone is told it was accepted: the row is the outbox
+
+    queued: list[str] = []
+    try:
+        for row in rows:
+            db.celery().send_task(
+                PREDICT_TASK, args=[row.task_id], task_id=row.task_id, queue=cfg.queue_name,
+                retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+            queued.append(row.task_id)
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        log.error("could not enqueue: %s", exc)
+        # Those not queued were not accepted: remove them so they never look like work in progress.
+        session.execute(delete(Prediction).where(Prediction.task_id.in_([r.task_id for r in rows
+                                                                          if r.task_id not in queued])))
+        session.commit()
+        raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
+
+    tasks = [{"task_id": r.task_id, "status_url": _status_url(r.task_id), "filename": r.filename} for r in rows]
+    for task in tasks:
+        log.info("accepted %s (%s)", task["task_id"], task["filename"])
+    if len(tasks) == 1:
+        body: dict[str, Any] = {"task_id": tasks[0]["task_id"], "status_url": tasks[0]["status_url"]}
+        return jsonify(body), 202, {"Location": tasks[0]["status_url"]}
+    return jsonify({"tasks": tasks}), 202
+
+
+def _from_redis(task_id: str) -> dict[str, Any] | None:
+    """The stored result or Celery's STARTED mark, or None when Redis has nothing (or is away)."""
+    try:
+        raw = db.redis_client().get(result_key(task_id))
+    except (RedisError, OSError) as exc:
+        log.warning("result backend unavailable, reading the database: %s", exc)
+        return None
+    if raw is None:
+        return None
+    meta = json.loads(raw)
+    status = meta.get("status")
+    result = meta.get("result")
+    if status == "SUCCESS" and isinstance(result, dict) and result.get("task_id") == task_id:
+        return result
+    if status == "STARTED":
+        return {"state": State.STARTED.value}
+    return None
+
+
+MAX_WAIT_SECONDS = 30.0
+
+
+def _status(task_id: str) -> dict[str, Any] | None:
+    """The status document: Redis while it has the result, else the database row; None for an unknown id."""
+    cached = _from_redis(task_id)
+    if cached is not None and "task_id" in cached:
+        return cached
+    db.session().rollback()  # a long poll must not keep reading one stale snapshot of the table
+    row = db.session().scalars(select(Prediction).where(Prediction.task_id == task_id)).one_or_none()
+    if row is None:
+        return None
+    doc = row.status_document()
+    if cached is not None and doc["state"] == State.PENDING.value:
+        doc["state"] = cached["state"]
+    return doc
+
+
+@bp.get("/tasks/<task_id>")
+def task_status(task_id: str) -> ResponseReturnValue:
+    """The state of one upload; `?wait=S` holds the answer up to S seconds until it is final (long poll)."""
+    if not TASK_ID.match(task_id):
+        raise ApiError(404, "not_found", "No such task.")
+    wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    while True:
+        doc = _status(task_id)
+        if doc is None:
+            raise ApiError(404, "not_found", "No such task.")
+        if doc["state"] in FINAL_STATES or time.monotonic() + delay > deadline:
+            return jsonify(doc)
+        time.sleep(delay)  # Redis GETs are cheap, but back off so thousands of waiting clients stay cheap too
+        delay = min(delay * 2, 0.25)
+
+
+@bp.get("/predictions")
+def predictions() -> ResponseReturnValue:
+    """Recent predictions from the database, newest first, paginated."""
+    page = request.args.get("page", 1, type=int) or 1
+    per_page = request.args.get("per_page", 20, type=int) or 20
+    if page < 1 or not 1 <= per_page <= 100:
+        raise ApiError(400, "bad_page", "page must be ≥ 1 and per_page between 1 and 100.")
+    session = db.session()
+    total = session.scalar(select(func.count()).select_from(Prediction)) or 0
+    rows = session.scalars(
+        select(Prediction).order_by(Prediction.id.desc()).offset((page - 1) * per_page).limit(per_page)
+    ).all()
+    items = [row.status_document() | {"filename": row.filename} for row in rows]
+    return jsonify({"items": items, "page": page, "per_page": per_page, "total": total})
