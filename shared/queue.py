@@ -6,7 +6,6 @@ from celery import Celery
 
 from shared.config import Settings
 
-
 # Where Celery's Redis result backend keeps a task's result; the web reads it directly (see result_key).
 RESULT_KEY_PREFIX = "celery-task-meta-"
 
