@@ -37,7 +37,9 @@ def make_celery(settings: Settings, main: str = "digits", *, results: bool = Tru
         result_expires=settings.result_ttl_seconds,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
+        # Flower (and any monitor) sees every task even when it started after the workers.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         timezone="UTC",
     )
     return app

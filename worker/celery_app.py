@@ -8,7 +8,6 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from shared.config import get_settings
-from shared.logs import configure_logging
 from shared.queue import make_celery
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,6 @@ def _load_in_child(**_: Any) -> None:
     # Imported here: the parent (which forks) must never load TensorFlow.
     from worker.runtime import get_runtime
 
-    configure_logging(get_settings().log_level)
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
              runtime.predictor.device)

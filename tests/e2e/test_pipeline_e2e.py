@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ def _free_port() -> int:
 class Stack:
     base_url: str
     settings: Settings
+    worker_pid: int
 
 
 def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
@@ -65,7 +67,7 @@ def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
     ]
     try:
         _wait_ready(f"http://127.0.0.1:{port}/readyz", procs)
-        yield Stack(f"http://127.0.0.1:{port}", settings)
+        yield Stack(f"http://127.0.0.1:{port}", settings, procs[1].pid)
     finally:
         for p in procs:
             p.terminate()
@@ -135,3 +137,31 @@ def test_page_and_unknown_task(stack):
     assert "Digit reader" in requests.get(stack.base_url, timeout=5).text
     missing = requests.get(f"{stack.base_url}/tasks/00000000-0000-4000-8000-000000000000", timeout=5)
     assert missing.status_code == 404
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue  # the process ended while we looked
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def _loaded_tensorflow(pid: int) -> bool:
+    return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_model_lives_in_the_forked_child_never_in_the_celery_parent(stack, mnist):
+    body = requests.post(f"{stack.base_url}/predict", files={"file": ("d.png", png_bytes(mnist.x_test[5]))},
+                         timeout=10).json()
+    assert _wait_final(stack, body["status_url"])["state"] == "SUCCESS"
+
+    children = _children(stack.worker_pid)
+
+    assert children, "the prefork worker has no child processes"
+    assert not _loaded_tensorflow(stack.worker_pid)  # TensorFlow in the parent would hang its forked children
+    assert all(_loaded_tensorflow(child) for child in children)
