@@ -30,7 +30,6 @@ class Settings(BaseSettings):
 
     queue_name: str = Field("digits", description="Celery queue the predictions travel on")
     result_ttl_seconds: int = Field(24 * 3600, description="How long Redis keeps a finished result")
-    enqueue_timeout_seconds: float = Field(3.0, description="How long the web tries Redis before answering 503")
     worker_tf_threads: int = Field(0, description="TensorFlow intra-op threads per worker process; 0 = all cores")
     log_level: str = Field("INFO", description="Python logging level")
 

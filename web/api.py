@@ -71,7 +71,7 @@ def predict() -> ResponseReturnValue:
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
                        "Send the image as multipart/form-data in a field named 'file'.")
-    files = [f for f in request.files.getlist("file")]
+    files = request.files.getlist("file")
     if not files:
         raise ApiError(400, "missing_file", "No file: send the image in a multipart field named 'file'.")
     if len(files) > cfg.max_files_per_request:

@@ -1,0 +1,1 @@
+"""Benchmarks and hardware checks (commands, not tests)."""
