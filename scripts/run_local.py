@@ -130,7 +130,7 @@ def main() -> int:
                                   "--workers", str(local.web_workers), "--worker-class", "gthread", "--threads", "8",
                                   "--access-logfile", "-", "web:create_app()"], env)
         stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
-                               "--concurrency", str(local.worker_concurrency), "--hostname", "worker@%h"], env)
+                               "--hostname", "worker@%h"], env)
         flower = stack.start("flower", [python, "-m", "celery", "-A", "worker.celery_app", "flower",
                                         f"--port={local.flower_port}", "--address=127.0.0.1",
                                         f"--basic-auth={flower_auth}"], env)

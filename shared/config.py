@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     queue_name: str = Field("digits", description="Celery queue the predictions travel on")
     result_ttl_seconds: int = Field(24 * 3600, description="How long Redis keeps a finished result")
     worker_tf_threads: int = Field(0, description="TensorFlow intra-op threads per worker process; 0 = all cores")
+    worker_pool: str = Field("threads", description="Celery pool: threads (micro-batched) or prefork")
+    worker_concurrency: int = Field(32, description="Task threads per worker process (uploads in flight)")
+    worker_prefetch_multiplier: int = Field(4, description="Messages reserved per task thread")
+    batch_max_size: int = Field(128, description="Most uploads in one model call and one database write")
+    batch_max_wait_ms: float = Field(2.0, description="Longest a task waits for others to share its batch")
     log_level: str = Field("INFO", description="Python logging level")
 
     @property
@@ -50,7 +55,6 @@ class LocalRunSettings(BaseSettings):
     flower_port: int = Field(5555, description="Flower port for `make run`")
     flower_basic_auth: str | None = Field(None, description="user:password for Flower; generated when unset")
     web_workers: int = Field(2, description="gunicorn worker processes for `make run`")
-    worker_concurrency: int = Field(1, description="Celery worker processes for `make run`")
     data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
 
 

@@ -5,23 +5,45 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import worker_process_init, worker_ready
 
 from shared.config import get_settings
 from shared.queue import make_celery
 
 log = logging.getLogger(__name__)
 
-app = make_celery(get_settings())
-app.conf.include = ["worker.tasks"]
+settings = get_settings()
+app = make_celery(settings)
+app.conf.update(
+    include=["worker.tasks"],
+    # Threads, not prefork: the tasks of one process meet in its micro-batcher (worker/batcher.py) and
+    # share one model; a model call releases the GIL, and the rest is I/O. Scale with processes/replicas.
+    worker_pool=settings.worker_pool,
+    worker_concurrency=settings.worker_concurrency,
+    # Enough messages in hand to fill a batch; acks late, so a dying worker gives them back.
+    worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+)
 
 
-@worker_process_init.connect
-def _load_in_child(**_: Any) -> None:
-    """Load the model and open the pool in each child right after fork, so the first task is not slow."""
-    # Imported here: the parent (which forks) must never load TensorFlow.
+def _warm_up() -> None:
+    # Imported here: a prefork parent must never load TensorFlow (its forked children would hang).
     from worker.runtime import get_runtime
 
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
              runtime.predictor.device)
+
+
+@worker_process_init.connect
+def _load_in_child(**_: Any) -> None:
+    """Prefork: load the model in each child right after fork, so the first task is not slow."""
+    _warm_up()
+
+
+@worker_ready.connect
+def _load_in_worker(sender: Any, **_: Any) -> None:
+    """Threads/solo pools: load the model in the worker process itself before it takes tasks."""
+    pool_cls = sender.controller.pool_cls
+    if not issubclass(pool_cls, PreforkPool):
+        _warm_up()

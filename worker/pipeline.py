@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from shared.db import session_scope
@@ -86,41 +86,61 @@ def run_batch(
     finished = utcnow()
 
     results = {item.row.task_id: probs for item, probs in zip(ready, probabilities, strict=True)}
-    with session_scope(session_factory) as session:
-        for item in work:
-            row = item.row
-            values: dict[str, Any] = {
-                "started_at": started,
-                "finished_at": finished,
-                "worker": worker_name,
-                "preprocess_ms": round(preprocess_ms, 3),
-                "model_version": model.version,
+    updates: dict[str, dict[str, Any]] = {}
+    for item in work:
+        values: dict[str, Any] = {
+            "started_at": started,
+            "finished_at": finished,
+            "worker": worker_name,
+            "preprocess_ms": round(preprocess_ms, 3),
+            "model_version": model.version,
+        }
+        probs = results.get(item.row.task_id)
+        if probs is not None:
+            values |= {
+                "state": State.SUCCESS.value,
+                "digit": int(np.argmax(probs)),
+                "confidence": round(float(np.max(probs)), 6),
+                "probabilities": [round(float(p), 6) for p in probs],
+                "inference_ms": round(inference_ms, 3),
+                "error": None,
             }
-            probs = results.get(row.task_id)
-            if probs is not None:
-                values |= {
-                    "state": State.SUCCESS.value,
-                    "digit": int(np.argmax(probs)),
-                    "confidence": round(float(np.max(probs)), 6),
-                    "probabilities": [round(float(p), 6) for p in probs],
-                    "inference_ms": round(inference_ms, 3),
-                    "error": None,
-                }
-            else:
-                values |= {"state": State.FAILURE.value, "error": item.error}
-            # Only a row that is not final yet is written: a task delivered twice keeps its first answer.
-            result = session.execute(
-                update(Prediction)
-                .where(Prediction.task_id == row.task_id, Prediction.state.not_in([s.value for s in FINAL_STATES]))
-                .values(**values)
-            )
-            if result.rowcount == 1:
-                for key, value in values.items():
-                    setattr(row, key, value)
-                docs[row.task_id] = row.status_document()
-    raced = [item.row.task_id for item in work if item.row.task_id not in docs]
-    if raced:
+        else:
+            values |= {"state": State.FAILURE.value, "digit": None, "confidence": None, "probabilities": None,
+                       "inference_ms": None, "error": item.error}
+        updates[item.row.task_id] = values
+
+    with session_scope(session_factory) as session:
+        written = _write_batch(session, updates)
+    if written == len(updates):
+        for item in work:
+            for key, value in updates[item.row.task_id].items():
+                setattr(item.row, key, value)
+            docs[item.row.task_id] = item.row.status_document()
+    else:
+        # Another delivery of some of these tasks finished first: the stored answers are the truth.
         with session_scope(session_factory) as session:
-            for row in session.scalars(select(Prediction).where(Prediction.task_id.in_(raced))):
+            for row in session.scalars(select(Prediction).where(Prediction.task_id.in_(list(updates)))):
                 docs[row.task_id] = row.status_document()
     return {task_id: docs[task_id] for task_id in task_ids if task_id in docs}
+
+
+def _write_batch(session: Session, updates: dict[str, dict[str, Any]]) -> int:
+    """One UPDATE for the whole batch (a CASE per column), only on rows not final yet; returns rows written."""
+    columns = next(iter(updates.values())).keys()
+    table = Prediction.__table__
+    values = {
+        name: case(
+            *[(table.c.task_id == task_id, literal(row[name], type_=table.c[name].type))
+              for task_id, row in updates.items()],
+            else_=table.c[name],
+        )
+        for name in columns
+    }
+    # Only a row that is not final yet is written: a task delivered twice keeps its first answer.
+    statement = (
+        update(table)
+        .where(table.c.task_id.in_(list(updates)), table.c.state.not_in([s.value for s in FINAL_STATES]))
+        .values(values)
+    )
+    return session.execute(statement).rowcount

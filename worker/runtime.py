@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import imaging
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
+from worker.batcher import MicroBatcher
 from worker.model import Predictor, load_predictor
 from worker.pipeline import run_batch
 
@@ -28,10 +30,16 @@ class WorkerRuntime:
     session_factory: sessionmaker[Session]
     predictor: Predictor
     name: str
+    batcher: MicroBatcher | None = None
 
-    def predict(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def predict(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Predict and store a batch of uploads by task id."""
         return run_batch(task_ids, self.session_factory, self.predictor, self.name, imaging.preprocess)
+
+    def predict_one(self, task_id: str) -> dict[str, Any]:
+        """Predict one upload together with whatever other tasks of this process are waiting."""
+        assert self.batcher is not None
+        return self.batcher.submit(task_id)
 
 
 _lock = threading.Lock()
@@ -45,11 +53,15 @@ def get_runtime() -> WorkerRuntime:
         if _runtime is None:
             settings = get_settings()
             predictor = load_predictor(settings.model_path, threads=settings.worker_tf_threads)
-            engine = make_engine(settings.database_url)
-            _runtime = WorkerRuntime(
+            # One connection per batch in flight is enough: the batcher is the only writer.
+            engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
+            runtime = WorkerRuntime(
                 settings=settings,
                 session_factory=make_session_factory(engine),
                 predictor=predictor,
                 name=f"{socket.gethostname()}:{os.getpid()}",
             )
+            runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
+                                           max_wait=settings.batch_max_wait_ms / 1000)
+            _runtime = runtime
         return _runtime

@@ -23,4 +23,4 @@ def predict(task_id: str) -> dict[str, Any]:
     """Predict the digit of one stored upload; the returned status document lands in Redis."""
     from worker.runtime import get_runtime
 
-    return get_runtime().predict([task_id])[task_id]
+    return get_runtime().predict_one(task_id)

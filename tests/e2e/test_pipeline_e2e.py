@@ -51,19 +51,19 @@ def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) ->
     raise AssertionError(f"{url} not ready after {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
-    """gunicorn and a prefork Celery worker as separate processes, on a queue of their own."""
+def _start(database_url: str, redis_url: str, **worker_env: str) -> Iterator[Stack]:
+    """gunicorn and a Celery worker as separate processes, on a queue of their own."""
     settings = Settings(redis_url=redis_url, database_url=database_url, queue_name=f"e2e-{_free_port()}")
     env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, QUEUE_NAME=settings.queue_name,
                             LOG_LEVEL="INFO")
     port = _free_port()
+    worker_env = env | worker_env
     procs = [
         subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
                           "--worker-class", "gthread", "--threads", "4", "web:create_app()"], cwd=REPO_ROOT, env=env),
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "prefork",
-                          "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                          "--hostname", f"e2e-{port}@%h"], cwd=REPO_ROOT, env=env),
+        subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+                          "--without-gossip", "--without-mingle", "--hostname", f"e2e-{port}@%h"],
+                         cwd=REPO_ROOT, env=worker_env),
     ]
     try:
         _wait_ready(f"http://127.0.0.1:{port}/readyz", procs)
@@ -76,6 +76,19 @@ def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
+    """The stack as configured by default: a micro-batching worker on the threads pool."""
+    yield from _start(database_url, redis_url)
+
+
+@pytest.fixture(scope="module")
+def prefork_stack(database_url: str, redis_url: str) -> Iterator[Stack]:
+    """The same with a prefork worker (one child), the pool where loading TensorFlow early would hang."""
+    # Through the settings: Celery's CLI cannot override a configured pool with `--pool prefork`.
+    yield from _start(database_url, redis_url, WORKER_POOL="prefork", WORKER_CONCURRENCY="1")
 
 
 def _wait_final(stack: Stack, status_url: str, timeout: float = 90) -> dict:
@@ -133,6 +146,24 @@ def test_blank_page_is_refused_with_a_clear_message(stack):
     assert "blank.png" in err["message"]
 
 
+def test_a_burst_of_uploads_is_predicted_in_shared_batches(stack, mnist, db_sessions):
+    accepted = []
+    for start in range(0, 48, 16):  # three requests of 16 files: the tasks reach the queue back to back
+        files = [("file", (f"{i}.png", png_bytes(mnist.x_test[i]))) for i in range(start, start + 16)]
+        resp = requests.post(f"{stack.base_url}/predict", files=files, timeout=10)
+        assert resp.status_code == 202
+        accepted += [(task, int(mnist.y_test[start + j])) for j, task in enumerate(resp.json()["tasks"])]
+
+    docs = [(_wait_final(stack, task["status_url"]), label) for task, label in accepted]
+
+    assert all(doc["state"] == "SUCCESS" for doc, _ in docs)
+    assert sum(doc["digit"] == label for doc, label in docs) >= 46
+    with db_sessions() as s:
+        rows = s.scalars(select(Prediction).where(Prediction.task_id.in_([d["task_id"] for d, _ in docs]))).all()
+    assert len(rows) == 48
+    assert len({(r.started_at, r.worker) for r in rows}) < 48  # uploads shared model calls
+
+
 def test_page_and_unknown_task(stack):
     assert "Digit reader" in requests.get(stack.base_url, timeout=5).text
     missing = requests.get(f"{stack.base_url}/tasks/00000000-0000-4000-8000-000000000000", timeout=5)
@@ -155,7 +186,8 @@ def _loaded_tensorflow(pid: int) -> bool:
     return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_model_lives_in_the_forked_child_never_in_the_celery_parent(stack, mnist):
+def test_model_lives_in_the_forked_child_never_in_the_celery_parent(prefork_stack, mnist):
+    stack = prefork_stack
     body = requests.post(f"{stack.base_url}/predict", files={"file": ("d.png", png_bytes(mnist.x_test[5]))},
                          timeout=10).json()
     assert _wait_final(stack, body["status_url"])["state"] == "SUCCESS"
