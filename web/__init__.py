@@ -12,6 +12,7 @@ from shared.config import REPO_ROOT, Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_celery
+from web.results import ResultWaiter
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,15 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     # Neither of these connects now: the engine's pool and Celery's producer connect on first use.
     engine = make_engine(settings.database_url)
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     app.extensions["digits"] = {
         "settings": settings,
         "engine": engine,
         "sessions": make_session_factory(engine),
         "celery": celery or make_celery(settings, main="digits-web", results=False),
-        "redis": redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
+        "redis": redis_client,
+        # Its listener thread starts on the first long poll, inside the serving process.
+        "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)),
     }
 
     from web import api, errors, health, pages

@@ -166,16 +166,25 @@ def task_status(task_id: str) -> ResponseReturnValue:
     if not TASK_ID.match(task_id):
         raise ApiError(404, "not_found", "No such task.")
     wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
+    if wait <= 0:
+        return jsonify(_known_status(task_id))
     deadline = time.monotonic() + wait
-    delay = 0.02
-    while True:
-        doc = _status(task_id)
-        if doc is None:
-            raise ApiError(404, "not_found", "No such task.")
-        if doc["state"] in FINAL_STATES or time.monotonic() + delay > deadline:
-            return jsonify(doc)
-        time.sleep(delay)  # Redis GETs are cheap, but back off so thousands of waiting clients stay cheap too
-        delay = min(delay * 2, 0.25)
+    # Subscribe first, then read: a result stored in between still wakes us.
+    with db.result_waiter().subscription(task_id) as finished:
+        doc = _known_status(task_id)
+        while doc["state"] not in FINAL_STATES and (remaining := deadline - time.monotonic()) > 0:
+            # Woken by the result's publication; re-read at least every second should pub/sub be down.
+            finished.wait(min(remaining, 1.0))
+            finished.clear()
+            doc = _known_status(task_id)
+    return jsonify(doc)
+
+
+def _known_status(task_id: str) -> dict[str, Any]:
+    doc = _status(task_id)
+    if doc is None:
+        raise ApiError(404, "not_found", "No such task.")
+    return doc
 
 
 @bp.get("/predictions")

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from web.results import ResultWaiter
 
 
 def deps() -> dict[str, Any]:
@@ -31,6 +32,11 @@ def celery() -> Celery:
 def redis_client() -> Redis:
     """The app's Redis client (a connection pool) for reading results."""
     return deps()["redis"]
+
+
+def result_waiter() -> ResultWaiter:
+    """The process's listener for published results (long polls wait on it)."""
+    return deps()["results"]
 
 
 def engine() -> Engine:

@@ -1,0 +1,77 @@
+"""Long polls: woken by the result's publication in Redis (real Redis, real Celery result backend)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+
+import redis
+from sqlalchemy import select
+
+from shared.queue import make_celery
+from shared.schema import Prediction, State, utcnow
+from web.results import ResultWaiter
+
+
+def _store_success(settings, db_sessions, task_id: str) -> dict:
+    """What a worker does at the end of a task: the row, then the result in Redis (which publishes it)."""
+    with db_sessions() as s, s.begin():
+        row = s.scalars(select(Prediction).where(Prediction.task_id == task_id)).one()
+        row.state, row.digit, row.confidence, row.finished_at = State.SUCCESS.value, 4, 0.9, utcnow()
+        row.probabilities = [0.01] * 4 + [0.9] + [0.01] * 5
+        doc = row.status_document()
+    make_celery(settings).backend.mark_as_done(task_id, doc)
+    return doc
+
+
+def _add_pending(db_sessions) -> str:
+    task_id = str(uuid.uuid4())
+    with db_sessions() as s, s.begin():
+        s.add(Prediction(task_id=task_id, state=State.PENDING.value, image=b"x",
+                         image_sha256=hashlib.sha256(b"x").hexdigest(), size_bytes=1))
+    return task_id
+
+
+def test_waiter_is_woken_by_the_published_result(settings, db_sessions):
+    waiter = ResultWaiter(redis.Redis.from_url(settings.redis_url))
+    task_id = _add_pending(db_sessions)
+    other = str(uuid.uuid4())
+
+    with waiter.subscription(task_id) as finished, waiter.subscription(other) as unrelated:
+        # The listener thread subscribes asynchronously: publish until it has heard one (bounded).
+        for _ in range(100):
+            _store_success(settings, db_sessions, task_id)
+            if finished.wait(0.1):
+                break
+
+        assert finished.is_set()
+        assert not unrelated.is_set()
+
+
+def test_long_poll_returns_the_final_result(client, settings, db_sessions):
+    task_id = _add_pending(db_sessions)
+    answer: dict = {}
+
+    def poll() -> None:
+        resp = client.get(f"/tasks/{task_id}?wait=20")
+        answer["status"], answer["doc"] = resp.status_code, resp.get_json()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    doc = _store_success(settings, db_sessions, task_id)
+    poller.join(30)
+
+    assert answer == {"status": 200, "doc": doc}
+
+
+def test_long_poll_on_an_unknown_task_is_404_at_once(client):
+    resp = client.get(f"/tasks/{uuid.uuid4()}?wait=20")
+    assert resp.status_code == 404
+
+
+def test_long_poll_without_a_result_answers_pending_when_the_wait_ends(client, db_sessions):
+    task_id = _add_pending(db_sessions)
+    resp = client.get(f"/tasks/{task_id}?wait=0.3")
+    assert resp.status_code == 200
+    assert resp.get_json()["state"] == "PENDING"

@@ -1,0 +1,81 @@
+"""Wake long-polling requests when their result lands, instead of polling Redis in a loop.
+
+Celery's Redis backend PUBLISHes every stored result on a channel named like its key; one pattern
+subscription per web process hears them all and sets the events of the requests waiting on those ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from shared.queue import RESULT_KEY_PREFIX
+
+log = logging.getLogger(__name__)
+
+FINAL = {"SUCCESS", "FAILURE"}
+
+
+class ResultWaiter:
+    """Per-process registry of requests waiting for a task's final result, fed by one pub/sub listener."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._events: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._listener_pid: int | None = None
+
+    @contextmanager
+    def subscription(self, task_id: str) -> Iterator[threading.Event]:
+        """An event set when the task's final result is published; register before reading the state."""
+        self._ensure_listener()
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(task_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                waiting = self._events.get(task_id)
+                if waiting is not None:
+                    waiting.discard(event)
+                    if not waiting:
+                        del self._events[task_id]
+
+    def _ensure_listener(self) -> None:
+        # Started in the process that serves requests: gunicorn forks its workers, threads don't follow.
+        with self._lock:
+            if self._listener_pid != os.getpid():
+                self._listener_pid = os.getpid()
+                threading.Thread(target=self._listen, name="result-listener", daemon=True).start()
+
+    def _wake(self, task_id: str) -> None:
+        with self._lock:
+            for event in self._events.get(task_id, ()):
+                event.set()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(f"{RESULT_KEY_PREFIX}*")
+                for message in pubsub.listen():
+                    channel = message["channel"].decode()
+                    try:
+                        status = json.loads(message["data"]).get("status")
+                    except (ValueError, AttributeError):
+                        continue
+                    if status in FINAL:
+                        self._wake(channel.removeprefix(RESULT_KEY_PREFIX))
+            except (RedisError, OSError) as exc:
+                # Waiters fall back to re-reading the state every second until this reconnects.
+                log.warning("result listener lost Redis (%s); reconnecting", exc)
+                time.sleep(1)
