@@ -58,6 +58,17 @@ class LocalRunSettings(BaseSettings):
     data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
 
 
+class BenchSettings(BaseSettings):
+    """What `make bench` reads (BENCH_*): the services to measure against, and the MNIST copy."""
+
+    model_config = SettingsConfigDict(env_prefix="BENCH_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/14", description="Redis for the benchmark (flushed)")
+    database_url: str = Field("mysql+pymysql://root@127.0.0.1:3306/digits_bench",
+                              description="Database for the benchmark (dropped and re-created)")
+    mnist_dir: Path = Field(REPO_ROOT.parent / "shared" / "data" / "mnist", description="MNIST IDX files")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once."""

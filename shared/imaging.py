@@ -66,6 +66,8 @@ _FRAGMENT_FRACTION = 0.005
 # line (frame, ruled margin, scanner edge), never part of the digit.
 _EDGE_BAND = 0.03
 
+# An MNIST-form input: a 2 px frame darker than this around ink brighter than that.
+_FRAME, _FRAME_DARK, _FRAME_INK = 2, 0.05, 0.5
 DIGIT_BOX = 20  # MNIST: the digit's long side is fitted to 20 px...
 SIZE = 28  # ...and pasted into 28x28 with its centre of mass at the centre
 # Where MNIST puts the centre of mass (row, col), in pixel-index coordinates: its digits average
@@ -396,6 +398,15 @@ def _border_pixels(gray: np.ndarray) -> np.ndarray:
     return np.concatenate(rings)
 
 
+def is_mnist_form(gray: np.ndarray) -> bool:
+    """Already an MNIST digit: 28x28, bright ink on a black frame (MNIST keeps the ink off the edges)."""
+    if gray.shape != (SIZE, SIZE):
+        return False
+    frame = np.concatenate([gray[:_FRAME].ravel(), gray[-_FRAME:].ravel(),
+                            gray[_FRAME:-_FRAME, :_FRAME].ravel(), gray[_FRAME:-_FRAME, -_FRAME:].ravel()])
+    return float(frame.max()) < _FRAME_DARK and float(gray.max()) > _FRAME_INK
+
+
 def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     """Grey image (2-D, [0, 1], 0 = black) to an MNIST-style (28, 28) float32 digit in [0, 1]."""
     from scipy import ndimage  # lazily: the web imports this module and never needs scipy
@@ -404,6 +415,8 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     gray = gray * np.float32(1 / 255) if gray.dtype == np.uint8 else gray.astype(np.float32, copy=False)
     if gray.ndim != 2 or min(gray.shape) < 2:
         raise ValueError(f"expected a 2-D grey image, got shape {gray.shape}")
+    if is_mnist_form(gray):
+        return gray.copy()  # already what the recipe below would make: redoing it only costs time
 
     # 1. Polarity: the ink is whichever side deviates most from the paper (the border's level),
     # judged on robust extremes (the few dozenth darkest and brightest pixels, not single spikes).

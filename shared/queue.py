@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from typing import Any
+
 from celery import Celery
+from redis import Redis
 
 from shared.config import Settings
 
-# Where Celery's Redis result backend keeps a task's result; the web reads it directly (see result_key).
+# Status documents live in Redis under the key Celery's Redis result backend would use, in its format,
+# so Celery tools can read them too; but the project writes them itself, a whole batch per round trip,
+# instead of one Celery result write per task.
 RESULT_KEY_PREFIX = "celery-task-meta-"
+FINAL = frozenset({"SUCCESS", "FAILURE"})
 
 
 def result_key(task_id: str) -> str:
-    """The Redis key of a task's result document, as Celery's Redis backend names it."""
+    """The Redis key of a task's status document."""
     return f"{RESULT_KEY_PREFIX}{task_id}"
 
 
-def make_celery(settings: Settings, main: str = "digits", *, results: bool = True) -> Celery:
+def store_statuses(client: Redis, docs: Iterable[dict[str, Any]], ttl_seconds: int) -> None:
+    """Write status documents to Redis in one round trip, publishing final ones for waiting long polls."""
+    pipe = client.pipeline(transaction=False)
+    for doc in docs:
+        final = doc["state"] in FINAL
+        key = result_key(doc["task_id"])
+        value = json.dumps({"status": doc["state"] if final else "PENDING", "result": doc,
+                            "task_id": doc["task_id"], "traceback": None, "children": []})
+        pipe.set(key, value, ex=ttl_seconds)
+        if final:
+            pipe.publish(key, value)
+    pipe.execute()
+
+
+def make_celery(settings: Settings, main: str = "digits") -> Celery:
     """A Celery app on Redis, configured so that an accepted task is not lost by a dying worker.
 
-    A producer that never waits on results (the web) passes results=False: with a result backend,
-    Celery subscribes the sender to every task's result channel, which the web has no use for.
+    No Celery result backend: tasks ignore their results and the worker stores status documents
+    itself (store_statuses); with a backend, Celery would also subscribe every sender to every
+    task's result channel.
     """
-    app = Celery(main, broker=settings.redis_url, backend=settings.redis_url if results else None)
+    app = Celery(main, broker=settings.redis_url)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -33,13 +56,13 @@ def make_celery(settings: Settings, main: str = "digits", *, results: bool = Tru
         task_reject_on_worker_lost=True,
         # Redis re-delivers an unacked message after this long; it must exceed the longest task.
         broker_transport_options={"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 5},
-        result_backend_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5},
-        result_expires=settings.result_ttl_seconds,
-        task_track_started=True,
+        task_ignore_result=True,
+        # STARTED would cost a Redis write per task for a state that lasts a few milliseconds in a
+        # micro-batch; the row's started_at records it.
+        task_track_started=False,
         broker_connection_retry_on_startup=True,
         # Flower (and any monitor) sees every task even when it started after the workers.
         worker_send_task_events=True,
-        task_send_sent_event=True,
         timezone="UTC",
     )
     return app

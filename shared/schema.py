@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,14 +78,16 @@ class Prediction(Base):
 
     def status_document(self) -> dict[str, Any]:
         """The API's status shape; the worker stores the same dict in Redis."""
-        return {
-            "task_id": self.task_id,
-            "state": self.state,
-            "digit": self.digit,
-            "confidence": self.confidence,
-            "probabilities": self.probabilities,
-            "model_version": self.model_version,
-            "error": self.error,
-            "created_at": iso(self.created_at),
-            "finished_at": iso(self.finished_at),
-        }
+        return status_document({name: getattr(self, name) for name in STATUS_COLUMNS})
+
+
+STATUS_COLUMNS = ("task_id", "state", "digit", "confidence", "probabilities", "model_version", "error",
+                  "created_at", "finished_at")
+
+
+def status_document(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's status shape from a row's values (missing ones are None)."""
+    doc = {name: values.get(name) for name in STATUS_COLUMNS}
+    doc["created_at"] = iso(doc["created_at"])
+    doc["finished_at"] = iso(doc["finished_at"])
+    return doc

@@ -15,13 +15,13 @@ from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from werkzeug.datastructures import FileStorage
 
 from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image
-from shared.queue import result_key
-from shared.schema import FINAL_STATES, Prediction, State
-from shared.tasks import PREDICT_TASK
+from shared.queue import result_key, store_statuses
+from shared.schema import FINAL_STATES, Prediction, State, status_document, utcnow
+from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from web import db
 from web.errors import ApiError
 
@@ -80,84 +80,96 @@ def predict() -> ResponseReturnValue:
                          min_side=cfg.min_image_side)
     uploads = [_read_upload(f, limits, cfg.max_upload_bytes) for f in files]
 
+    now = utcnow()
     rows = [
-        Prediction(
-            task_id=str(uuid.uuid4()),
-            state=State.PENDING.value,
-            image=u.data,
-            image_sha256=hashlib.sha256(u.data).hexdigest(),
-            filename=u.filename,
-            content_type=MIME.get(u.info.format),
-            size_bytes=len(u.data),
-            width=u.info.width,
-            height=u.info.height,
-        )
+        {
+            "task_id": str(uuid.uuid4()),
+            "state": State.PENDING.value,
+            "image": u.data,
+            "image_sha256": hashlib.sha256(u.data).hexdigest(),
+            "filename": u.filename,
+            "content_type": MIME.get(u.info.format),
+            "size_bytes": len(u.data),
+            "width": u.info.width,
+            "height": u.info.height,
+            "created_at": now,
+        }
         for u in uploads
     ]
-    session = db.session()
-    session.add_all(rows)
-    session.commit()  # recorded before anyone is told it was accepted: the row is the outbox
-
-    queued: list[str] = []
+    ids = [row["task_id"] for row in rows]
+    with db.engine().begin() as conn:  # recorded before anyone is told it was accepted: the row is the outbox
+        conn.execute(insert(Prediction.__table__), rows)
     try:
-        for row in rows:
-            db.celery().send_task(
-                PREDICT_TASK, args=[row.task_id], task_id=row.task_id, queue=cfg.queue_name,
-                retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-            )
-            queued.append(row.task_id)
+        # PENDING in Redis first, so status reads need no database; then the task (never the other way
+        # round, or a fast worker's answer could be overwritten by PENDING).
+        store_statuses(db.redis_client(), (status_document(row) for row in rows), cfg.result_ttl_seconds)
+        retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+        if len(ids) == 1:
+            db.celery().send_task(PREDICT_TASK, args=[ids[0]], task_id=ids[0], queue=cfg.queue_name,
+                                  retry=True, retry_policy=retry_policy)
+        else:  # one message for the request: the worker predicts its files in one batch
+            db.celery().send_task(PREDICT_BATCH_TASK, args=[ids], queue=cfg.queue_name,
+                                  retry=True, retry_policy=retry_policy)
     except (KombuOperationalError, RedisError, OSError) as exc:
         log.error("could not enqueue: %s", exc)
-        # Those not queued were not accepted: remove them so they never look like work in progress.
-        session.execute(delete(Prediction).where(Prediction.task_id.in_([r.task_id for r in rows
-                                                                          if r.task_id not in queued])))
-        session.commit()
+        # Not queued, so not accepted: remove the rows so they never look like work in progress.
+        with db.engine().begin() as conn:
+            conn.execute(delete(Prediction).where(Prediction.task_id.in_(ids)))
         raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
 
-    tasks = [{"task_id": r.task_id, "status_url": _status_url(r.task_id), "filename": r.filename} for r in rows]
-    for task in tasks:
-        log.info("accepted %s (%s)", task["task_id"], task["filename"])
+    tasks = [{"task_id": r["task_id"], "status_url": _status_url(r["task_id"]), "filename": r["filename"]}
+             for r in rows]
+    log.info("accepted %s", ", ".join(ids))
     if len(tasks) == 1:
         body: dict[str, Any] = {"task_id": tasks[0]["task_id"], "status_url": tasks[0]["status_url"]}
         return jsonify(body), 202, {"Location": tasks[0]["status_url"]}
-    return jsonify({"tasks": tasks}), 202
+    return jsonify({"tasks": tasks, "status_url": url_for("api.tasks_status", ids=",".join(ids))}), 202
 
 
-def _from_redis(task_id: str) -> dict[str, Any] | None:
-    """The stored result or Celery's STARTED mark, or None when Redis has nothing (or is away)."""
+def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Status documents by id: Redis first (one MGET), the database for the rest; unknown ids are left out."""
+    docs: dict[str, dict[str, Any]] = {}
     try:
-        raw = db.redis_client().get(result_key(task_id))
+        cached = db.redis_client().mget([result_key(t) for t in task_ids])
     except (RedisError, OSError) as exc:
-        log.warning("result backend unavailable, reading the database: %s", exc)
-        return None
-    if raw is None:
-        return None
-    meta = json.loads(raw)
-    status = meta.get("status")
-    result = meta.get("result")
-    if status == "SUCCESS" and isinstance(result, dict) and result.get("task_id") == task_id:
-        return result
-    if status == "STARTED":
-        return {"state": State.STARTED.value}
-    return None
+        log.warning("Redis unavailable, reading the database: %s", exc)
+        cached = [None] * len(task_ids)
+    for task_id, raw in zip(task_ids, cached, strict=True):
+        if raw is not None:
+            result = json.loads(raw).get("result")
+            if isinstance(result, dict) and result.get("task_id") == task_id:
+                docs[task_id] = result
+    missing = [t for t in task_ids if t not in docs]
+    if missing:
+        session = db.session()
+        session.rollback()  # a long poll must not keep reading one stale snapshot of the table
+        for row in session.scalars(select(Prediction).where(Prediction.task_id.in_(missing))):
+            docs[row.task_id] = row.status_document()
+    return docs
 
 
 MAX_WAIT_SECONDS = 30.0
+MAX_IDS = 100
 
 
-def _status(task_id: str) -> dict[str, Any] | None:
-    """The status document: Redis while it has the result, else the database row; None for an unknown id."""
-    cached = _from_redis(task_id)
-    if cached is not None and "task_id" in cached:
-        return cached
-    db.session().rollback()  # a long poll must not keep reading one stale snapshot of the table
-    row = db.session().scalars(select(Prediction).where(Prediction.task_id == task_id)).one_or_none()
-    if row is None:
-        return None
-    doc = row.status_document()
-    if cached is not None and doc["state"] == State.PENDING.value:
-        doc["state"] = cached["state"]
-    return doc
+def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
+    """The documents of known ids, held up to ?wait= seconds until all are final; 404 if any id is unknown."""
+    wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
+    deadline = time.monotonic() + wait
+    # Subscribe first, then read: a result stored in between still wakes us.
+    with db.result_waiter().subscription(*task_ids) as finished:
+        while True:
+            docs = _statuses(task_ids)
+            unknown = [t for t in task_ids if t not in docs]
+            if unknown:
+                raise ApiError(404, "not_found", f"No such task: {', '.join(unknown)}.")
+            pending = [t for t in task_ids if docs[t]["state"] not in FINAL_STATES]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                return [docs[t] for t in task_ids]
+            # Woken by a result's publication; re-read at least every second should pub/sub be down.
+            finished.wait(min(remaining, 1.0))
+            finished.clear()
 
 
 @bp.get("/tasks/<task_id>")
@@ -165,26 +177,19 @@ def task_status(task_id: str) -> ResponseReturnValue:
     """The state of one upload; `?wait=S` holds the answer up to S seconds until it is final (long poll)."""
     if not TASK_ID.match(task_id):
         raise ApiError(404, "not_found", "No such task.")
-    wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
-    if wait <= 0:
-        return jsonify(_known_status(task_id))
-    deadline = time.monotonic() + wait
-    # Subscribe first, then read: a result stored in between still wakes us.
-    with db.result_waiter().subscription(task_id) as finished:
-        doc = _known_status(task_id)
-        while doc["state"] not in FINAL_STATES and (remaining := deadline - time.monotonic()) > 0:
-            # Woken by the result's publication; re-read at least every second should pub/sub be down.
-            finished.wait(min(remaining, 1.0))
-            finished.clear()
-            doc = _known_status(task_id)
-    return jsonify(doc)
+    return jsonify(_wait_for([task_id])[0])
 
 
-def _known_status(task_id: str) -> dict[str, Any]:
-    doc = _status(task_id)
-    if doc is None:
-        raise ApiError(404, "not_found", "No such task.")
-    return doc
+@bp.get("/tasks")
+def tasks_status() -> ResponseReturnValue:
+    """The states of several uploads (`?ids=a,b,c`, at most 100); `?wait=S` holds until all are final."""
+    ids = [t for t in request.args.get("ids", "").split(",") if t]
+    if not ids or len(ids) > MAX_IDS:
+        raise ApiError(400, "bad_ids", f"Give between 1 and {MAX_IDS} task ids as ?ids=a,b,c.")
+    bad = [t for t in ids if not TASK_ID.match(t)]
+    if bad:
+        raise ApiError(404, "not_found", f"No such task: {', '.join(bad)}.")
+    return jsonify({"tasks": _wait_for(ids)})
 
 
 @bp.get("/predictions")

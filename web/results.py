@@ -1,6 +1,6 @@
 """Wake long-polling requests when their result lands, instead of polling Redis in a loop.
 
-Celery's Redis backend PUBLISHes every stored result on a channel named like its key; one pattern
+The worker PUBLISHes every final status document on a channel named like its key; one pattern
 subscription per web process hears them all and sets the events of the requests waiting on those ids.
 """
 
@@ -17,12 +17,9 @@ from contextlib import contextmanager
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.queue import RESULT_KEY_PREFIX
+from shared.queue import FINAL, RESULT_KEY_PREFIX
 
 log = logging.getLogger(__name__)
-
-FINAL = {"SUCCESS", "FAILURE"}
-
 
 class ResultWaiter:
     """Per-process registry of requests waiting for a task's final result, fed by one pub/sub listener."""
@@ -34,21 +31,23 @@ class ResultWaiter:
         self._listener_pid: int | None = None
 
     @contextmanager
-    def subscription(self, task_id: str) -> Iterator[threading.Event]:
-        """An event set when the task's final result is published; register before reading the state."""
+    def subscription(self, *task_ids: str) -> Iterator[threading.Event]:
+        """An event set when a final result of one of the tasks is published; register before reading."""
         self._ensure_listener()
         event = threading.Event()
         with self._lock:
-            self._events.setdefault(task_id, set()).add(event)
+            for task_id in task_ids:
+                self._events.setdefault(task_id, set()).add(event)
         try:
             yield event
         finally:
             with self._lock:
-                waiting = self._events.get(task_id)
-                if waiting is not None:
-                    waiting.discard(event)
-                    if not waiting:
-                        del self._events[task_id]
+                for task_id in task_ids:
+                    waiting = self._events.get(task_id)
+                    if waiting is not None:
+                        waiting.discard(event)
+                        if not waiting:
+                            del self._events[task_id]
 
     def _ensure_listener(self) -> None:
         # Started in the process that serves requests: gunicorn forks its workers, threads don't follow.

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import imaging
 from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
+from shared.queue import store_statuses
 from worker.batcher import MicroBatcher
 from worker.model import Predictor, load_predictor
 from worker.pipeline import run_batch
@@ -29,12 +31,15 @@ class WorkerRuntime:
     settings: Settings
     session_factory: sessionmaker[Session]
     predictor: Predictor
+    redis: Redis
     name: str
     batcher: MicroBatcher | None = None
 
     def predict(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Predict and store a batch of uploads by task id."""
-        return run_batch(task_ids, self.session_factory, self.predictor, self.name, imaging.preprocess)
+        """Predict and store a batch of uploads by task id: rows first (the truth), then Redis (the cache)."""
+        docs = run_batch(task_ids, self.session_factory, self.predictor, self.name, imaging.preprocess)
+        store_statuses(self.redis, docs.values(), self.settings.result_ttl_seconds)
+        return docs
 
     def predict_one(self, task_id: str) -> dict[str, Any]:
         """Predict one upload together with whatever other tasks of this process are waiting."""
@@ -53,12 +58,13 @@ def get_runtime() -> WorkerRuntime:
         if _runtime is None:
             settings = get_settings()
             predictor = load_predictor(settings.model_path, threads=settings.worker_tf_threads)
-            # One connection per batch in flight is enough: the batcher is the only writer.
-            engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
+            # A connection for each task thread that may run a batch at once, kept open: no connect churn.
+            engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency, max_overflow=0)
             runtime = WorkerRuntime(
                 settings=settings,
                 session_factory=make_session_factory(engine),
                 predictor=predictor,
+                redis=Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
                 name=f"{socket.gethostname()}:{os.getpid()}",
             )
             runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,

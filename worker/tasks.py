@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.tasks import PREDICT_TASK
+from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from worker.celery_app import app
 
+# The database or Redis may be away for a while: retry with backoff rather than drop a result.
+RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError, RedisError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 
-@app.task(
-    name=PREDICT_TASK,
-    # The database may be away for a while: retry with backoff rather than drop a result.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=None,
-)
+
+@app.task(name=PREDICT_TASK, **RETRY)
 def predict(task_id: str) -> dict[str, Any]:
-    """Predict the digit of one stored upload; the returned status document lands in Redis."""
+    """Predict one stored upload, sharing a model call with the other tasks in flight; its status document."""
     from worker.runtime import get_runtime
 
     return get_runtime().predict_one(task_id)
+
+
+@app.task(name=PREDICT_BATCH_TASK, **RETRY)
+def predict_batch(task_ids: list[str]) -> int:
+    """Predict the uploads of one multi-file request together; how many."""
+    from worker.runtime import get_runtime
+
+    return len(get_runtime().predict(task_ids))

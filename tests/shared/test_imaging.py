@@ -375,3 +375,17 @@ def test_web_validation_path_does_not_import_scipy_or_tensorflow():
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_an_mnist_form_digit_is_used_as_it_is(mnist):
+    digit = next(d for d in mnist.x_test if imaging.is_mnist_form(d / 255.0))
+    out = preprocess(encode(Image.fromarray(digit), "PNG"))
+    np.testing.assert_allclose(out, digit / 255.0, atol=1e-6)
+
+
+def test_a_28px_drawing_of_dark_ink_on_paper_still_goes_through_the_recipe(mnist):
+    paper_digit = 255 - mnist.x_test[0]  # the same digit as a person would draw it: dark on white
+    assert not imaging.is_mnist_form(paper_digit / 255.0)
+    out = preprocess(encode(Image.fromarray(paper_digit), "PNG"))
+    assert_mnist_like(out)
+    assert corr(out, mnist.x_test[0] / 255.0) > 0.8

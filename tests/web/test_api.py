@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import uuid
@@ -21,10 +22,11 @@ def _post(client, *files: tuple[bytes, str]):
     return client.post("/predict", data=data, content_type="multipart/form-data")
 
 
-def _queued_task_ids(settings: Settings) -> list[str]:
-    """Task ids of the messages waiting in the test's Redis queue."""
+def _queued(settings: Settings) -> list[tuple[str, list]]:
+    """(task name, args) of the messages waiting in the test's Redis queue, oldest first."""
     r = redis.Redis.from_url(settings.redis_url)
-    return [json.loads(m)["headers"]["id"] for m in r.lrange(settings.queue_name, 0, -1)]
+    messages = [json.loads(m) for m in reversed(r.lrange(settings.queue_name, 0, -1))]
+    return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0]) for m in messages]
 
 
 def test_predict_records_row_then_queues_and_answers_202(client, settings, db_sessions, mnist):
@@ -41,10 +43,10 @@ def test_predict_records_row_then_queues_and_answers_202(client, settings, db_se
         assert row.filename == "seven.png"
         assert row.content_type == "image/png"
         assert (row.width, row.height) == (28, 28)
-    assert _queued_task_ids(settings) == [task_id]
+    assert _queued(settings) == [("digits.predict", [task_id])]
 
 
-def test_status_of_a_queued_upload_is_pending_from_the_database(client, mnist):
+def test_status_of_a_queued_upload_is_pending(client, mnist):
     task_id = _post(client, (png_bytes(mnist.x_test[1]), "two.png")).get_json()["task_id"]
 
     resp = client.get(f"/tasks/{task_id}")
@@ -58,13 +60,23 @@ def test_status_of_a_queued_upload_is_pending_from_the_database(client, mnist):
     assert doc["created_at"].endswith("Z")
 
 
-def test_several_files_in_one_request_each_get_a_task(client, settings, mnist):
+def test_several_files_in_one_request_each_get_a_task_and_travel_as_one_batch(client, settings, mnist):
     resp = _post(client, *[(png_bytes(mnist.x_test[i]), f"d{i}.png") for i in range(3)])
 
     assert resp.status_code == 202
-    tasks = resp.get_json()["tasks"]
-    assert [t["filename"] for t in tasks] == ["d0.png", "d1.png", "d2.png"]
-    assert sorted(_queued_task_ids(settings)) == sorted(t["task_id"] for t in tasks)
+    body = resp.get_json()
+    ids = [t["task_id"] for t in body["tasks"]]
+    assert [t["filename"] for t in body["tasks"]] == ["d0.png", "d1.png", "d2.png"]
+    assert _queued(settings) == [("digits.predict_batch", [ids])]
+    statuses = client.get(body["status_url"]).get_json()["tasks"]
+    assert [(d["task_id"], d["state"]) for d in statuses] == [(i, "PENDING") for i in ids]
+
+
+def test_status_of_several_tasks_refuses_unknown_and_too_many_ids(client):
+    assert client.get(f"/tasks?ids={uuid.uuid4()}").status_code == 404
+    assert client.get("/tasks?ids=").status_code == 400
+    many = ",".join(str(uuid.uuid4()) for _ in range(101))
+    assert client.get(f"/tasks?ids={many}").status_code == 400
 
 
 def test_unknown_task_is_404_not_pending_forever(client):

@@ -1,4 +1,4 @@
-"""Long polls: woken by the result's publication in Redis (real Redis, real Celery result backend)."""
+"""Long polls: woken by the result's publication in Redis (real Redis)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 import redis
 from sqlalchemy import select
 
-from shared.queue import make_celery
+from shared.queue import store_statuses
 from shared.schema import Prediction, State, utcnow
 from web.results import ResultWaiter
 
@@ -21,7 +21,7 @@ def _store_success(settings, db_sessions, task_id: str) -> dict:
         row.state, row.digit, row.confidence, row.finished_at = State.SUCCESS.value, 4, 0.9, utcnow()
         row.probabilities = [0.01] * 4 + [0.9] + [0.01] * 5
         doc = row.status_document()
-    make_celery(settings).backend.mark_as_done(task_id, doc)
+    store_statuses(redis.Redis.from_url(settings.redis_url), [doc], settings.result_ttl_seconds)
     return doc
 
 
