@@ -8,8 +8,9 @@ MODEL := models/mnist_model.h5
 MNIST_DIR ?= $(firstword $(wildcard ../shared/data/mnist))
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help run test lint model migrate worker web flower clean
+.PHONY: help run test lint model migrate bench clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -27,6 +28,8 @@ $(VENV)/.installed-local: $(PY) $(wildcard requirements/*.txt)
 
 $(VENV)/.installed-dev: $(PY) $(wildcard requirements/*.txt)
 	$(PY) -m pip install -r requirements/dev.txt
+	@# kubectl (for kustomize) unless one with kustomize v5 is on PATH: see scripts/validate-k8s.sh
+	bash scripts/validate-k8s.sh install-kubectl
 	@touch $@ $(VENV)/.installed-local
 
 $(MODEL): | $(VENV)/.installed-local
@@ -43,6 +46,9 @@ test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and R
 
 lint: $(VENV)/.installed-dev  ## ruff
 	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed-local model  ## load benchmark against BENCH_REDIS_URL / BENCH_DATABASE_URL, vs the seed design
+	$(PY) -m bench $(BENCH_ARGS)
 
 migrate: $(VENV)/.installed-local  ## apply database migrations to DATABASE_URL
 	$(PY) -m shared.migrate
