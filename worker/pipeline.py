@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from shared.db import session_scope
@@ -111,8 +112,8 @@ def run_batch(
         updates[item.row.task_id] = values
 
     with session_scope(session_factory) as session:
-        written = _write_batch(session, updates)
-    if written == len(updates):
+        all_written = _write_batch(session, updates)
+    if all_written:
         for item in work:
             for key, value in updates[item.row.task_id].items():
                 setattr(item.row, key, value)
@@ -125,11 +126,13 @@ def run_batch(
     return {task_id: docs[task_id] for task_id in task_ids if task_id in docs}
 
 
-def _write_batch(session: Session, updates: dict[str, dict[str, Any]]) -> int:
-    """One executemany UPDATE for the batch, only on rows not final yet; returns how many rows it wrote."""
+def _write_batch(session: Session, updates: dict[str, dict[str, Any]]) -> bool:
+    """Write the batch's results to rows not final yet; False when some row was already final (a race)."""
+    connection = session.connection()
+    if connection.dialect.name in ("mysql", "mariadb"):
+        return _upsert_mysql(connection, updates)
     table = Prediction.__table__
     columns = next(iter(updates.values())).keys()
-    # Compiled once and cached by SQLAlchemy (a CASE-per-column statement was 4x slower: it compiles anew).
     statement = (
         update(table)
         .where(table.c.task_id == bindparam("_task_id"),
@@ -137,4 +140,28 @@ def _write_batch(session: Session, updates: dict[str, dict[str, Any]]) -> int:
                *[table.c.state != state.value for state in FINAL_STATES])
         .values({name: bindparam(name) for name in columns})
     )
-    return session.connection().execute(statement, [{"_task_id": t, **v} for t, v in updates.items()]).rowcount
+    rows = [{"_task_id": t, **v} for t, v in updates.items()]
+    return connection.execute(statement, rows).rowcount == len(rows)
+
+
+def _upsert_mysql(connection: Connection, updates: dict[str, dict[str, Any]]) -> bool:
+    """MySQL: the whole batch in ONE statement (an executemany UPDATE costs a round trip per row).
+
+    INSERT ... ON DUPLICATE KEY UPDATE on the unique task_id: every row exists (it was read at the start
+    of the batch), so only the UPDATE part ever runs; its assignments keep a final row as it is, and
+    `state` is assigned last because MySQL evaluates them left to right.
+    """
+    table = Prediction.__table__
+    columns = [name for name in next(iter(updates.values())) if name != "state"] + ["state"]
+    # Placeholders for the NOT NULL columns of the (never taken) insert path.
+    filler = {"image": b"", "image_sha256": "", "size_bytes": 0, "created_at": utcnow()}
+    statement = mysql_insert(table)
+    # Literal states: PyMySQL batches an executemany INSERT into one statement only when the
+    # ON DUPLICATE KEY part has no parameters.
+    final = or_(*[table.c.state == literal_column(f"'{state.value}'") for state in sorted(FINAL_STATES)])
+    statement = statement.on_duplicate_key_update(
+        [(name, func.IF(final, table.c[name], statement.inserted[name])) for name in columns]
+    )
+    rows = [{"task_id": t, **filler, **v} for t, v in updates.items()]
+    # Affected rows: 2 for each row updated, 1 for a row left as it was (CLIENT_FOUND_ROWS).
+    return connection.execute(statement, rows).rowcount == 2 * len(rows)

@@ -8,10 +8,12 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared import imaging
 from shared.config import REPO_ROOT
+from shared.db import make_engine, make_session_factory
+from shared.migrate import upgrade
 from shared.schema import Prediction, State
 from tests.conftest import png_bytes
 from worker.model import load_predictor
@@ -99,3 +101,39 @@ def test_compiled_call_matches_keras_predict(predictor, mnist):
     fast = predictor.predict(batch)
     slow = predictor.model.predict(batch[..., None], verbose=0)
     np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_on_sqlite_too_a_redelivered_task_keeps_its_first_answer(tmp_path, predictor, mnist):
+    url = f"sqlite:///{tmp_path / 'digits.db'}"
+    upgrade(url)
+    sessions = make_session_factory(make_engine(url))
+    task_id = "00000000-0000-4000-8000-000000000300"
+    _add(sessions, png_bytes(mnist.x_test[0]), task_id)
+
+    first = _run([task_id], sessions, predictor)[task_id]
+    with sessions() as s, s.begin():  # as if another delivery had finished in between
+        s.execute(update(Prediction).where(Prediction.task_id == task_id).values(digit=9))
+    second = _run([task_id], sessions, predictor)[task_id]
+
+    assert first["state"] == "SUCCESS"
+    assert second["digit"] == 9  # the stored answer wins; nothing is written twice
+
+
+def test_a_batch_racing_another_delivery_reports_the_stored_answer(db_sessions, predictor, mnist):
+    ids = ["00000000-0000-4000-8000-000000000401", "00000000-0000-4000-8000-000000000402"]
+    for i, task_id in enumerate(ids):
+        _add(db_sessions, png_bytes(mnist.x_test[i]), task_id)
+
+    def preprocess_then_race(data: bytes):
+        # While this batch works, another delivery finishes the first task.
+        with db_sessions() as s, s.begin():
+            s.execute(update(Prediction).where(Prediction.task_id == ids[0], Prediction.state == "PENDING")
+                      .values(state="SUCCESS", digit=5, confidence=1.0))
+        return imaging.preprocess(data)
+
+    docs = run_batch(ids, db_sessions, predictor, "test-worker", preprocess_then_race)
+
+    assert docs[ids[0]]["digit"] == 5  # the other delivery's answer, as stored
+    assert docs[ids[1]]["state"] == "SUCCESS" and docs[ids[1]]["digit"] == int(mnist.y_test[1])
+    with db_sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.task_id.in_(ids))) == 2
