@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -151,17 +152,24 @@ def _upsert_mysql(connection: Connection, updates: dict[str, dict[str, Any]]) ->
     of the batch), so only the UPDATE part ever runs; its assignments keep a final row as it is, and
     `state` is assigned last because MySQL evaluates them left to right.
     """
-    table = Prediction.__table__
-    columns = [name for name in next(iter(updates.values())) if name != "state"] + ["state"]
+    first = next(iter(updates.values()))
+    statement = _upsert_statement(tuple(first))
     # Placeholders for the NOT NULL columns of the (never taken) insert path.
-    filler = {"image": b"", "image_sha256": "", "size_bytes": 0, "created_at": utcnow()}
+    filler = {"image": b"", "image_sha256": "", "size_bytes": 0, "created_at": first["finished_at"]}
+    rows = [{"task_id": t, **filler, **v} for t, v in updates.items()]
+    # Affected rows: 2 for each row updated, 1 for a row left as it was (CLIENT_FOUND_ROWS).
+    return connection.execute(statement, rows).rowcount == 2 * len(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _upsert_statement(columns: tuple[str, ...]) -> Any:
+    """The upsert for these columns, built once (building it costs more than running it)."""
+    table = Prediction.__table__
+    ordered = [name for name in columns if name != "state"] + ["state"]
     statement = mysql_insert(table)
     # Literal states: PyMySQL batches an executemany INSERT into one statement only when the
     # ON DUPLICATE KEY part has no parameters.
     final = or_(*[table.c.state == literal_column(f"'{state.value}'") for state in sorted(FINAL_STATES)])
-    statement = statement.on_duplicate_key_update(
-        [(name, func.IF(final, table.c[name], statement.inserted[name])) for name in columns]
+    return statement.on_duplicate_key_update(
+        [(name, func.IF(final, table.c[name], statement.inserted[name])) for name in ordered]
     )
-    rows = [{"task_id": t, **filler, **v} for t, v in updates.items()]
-    # Affected rows: 2 for each row updated, 1 for a row left as it was (CLIENT_FOUND_ROWS).
-    return connection.execute(statement, rows).rowcount == 2 * len(rows)
