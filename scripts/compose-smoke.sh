@@ -66,6 +66,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Required secrets fail fast: with an empty .env, compose must refuse to render the project.
+: >"$work/empty.env"
+if env -u MYSQL_PASSWORD -u MYSQL_ROOT_PASSWORD -u FLOWER_BASIC_AUTH \
+    docker compose --env-file "$work/empty.env" -f docker-compose.yml config --quiet 2>"$work/config.err"; then
+  fail "compose rendered without MYSQL_PASSWORD"
+fi
+grep -q "set MYSQL_PASSWORD in .env" "$work/config.err" || fail "unexpected compose error: $(cat "$work/config.err")"
+log "compose refuses to start without the required secrets"
+
 # --- images that no registry provides ------------------------------------------------------------------------
 SMOKE_MYSQL_IMAGE="mariadb:11.4"
 SMOKE_REDIS_IMAGE="redis:7.4-bookworm"

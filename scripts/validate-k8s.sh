@@ -50,7 +50,7 @@ EOF
 
 install_kubectl() {
   local candidate tmp status=0
-  for candidate in "${KUBECTL:-}" "$VENV/bin/kubectl" "$(command -v kubectl || true)"; do
+  for candidate in "$VENV/bin/kubectl" "$(command -v kubectl || true)"; do
     if [ -n "$candidate" ] && [ -x "$candidate" ] && kubectl_ok "$candidate"; then
       echo "kubectl: using $candidate"
       return 0

