@@ -50,7 +50,7 @@ def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> U
     label = f"'{name}'" if name else "The file"
     data = storage.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ApiError(413, "too_large", f"{label} is larger than {max_bytes // (1024 * 1024)} MiB.")
+        raise ApiError(413, "too_large", f"{label} is larger than {_size(max_bytes)}, the most this service takes.")
     if not data:
         raise ApiError(400, "empty_file", f"{label} is empty.")
     try:
@@ -58,6 +58,14 @@ def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> U
     except ImageRejected as exc:
         raise ApiError(REJECTION_STATUS.get(exc.code, 400), exc.code, f"{label}: {exc}") from exc
     return Upload(name, data, info)
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _status_url(task_id: str) -> str:

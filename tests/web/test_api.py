@@ -125,7 +125,8 @@ def test_file_over_the_limit_is_413(database_url, redis_url, db_engine, mnist):
     client = create_app(settings).test_client()
     resp = _post(client, (png_bytes(np.full((64, 64), 7, np.uint8)) + b"\0" * 300, "big.png"))
     assert resp.status_code == 413
-    assert resp.get_json()["error"]["code"] == "too_large"
+    assert resp.get_json()["error"] == {"code": "too_large",
+                                        "message": "'big.png' is larger than 200 bytes, the most this service takes."}
 
 
 def test_body_over_the_request_limit_is_413(database_url, redis_url, db_engine):
