@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Double, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
@@ -48,7 +48,11 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     # The unique task id is what makes a redelivered task harmless: it can never become a second row.
-    __table_args__ = (UniqueConstraint("task_id", name="uq_predictions_task_id"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", name="uq_predictions_task_id"),
+        # The sweeper's question: which PENDING rows were enqueued long ago?
+        Index("ix_predictions_state_enqueued_at", "state", "enqueued_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(36), nullable=False)
@@ -72,6 +76,10 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP, nullable=False, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
     finished_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
+    # When the task was last put on the queue, and how many times: the sweeper re-enqueues a PENDING
+    # row whose message was lost, and gives up (FAILURE) after too many attempts.
+    enqueued_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     preprocess_ms: Mapped[float | None] = mapped_column(Double)
     inference_ms: Mapped[float | None] = mapped_column(Double)
     worker: Mapped[str | None] = mapped_column(String(255))

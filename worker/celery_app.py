@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery.concurrency.prefork import TaskPool as PreforkPool
@@ -10,6 +11,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared.config import get_settings
 from shared.queue import make_celery
+from shared.tasks import PREDICT_BATCH_TASK
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,17 @@ app.conf.update(
 def _warm_up() -> None:
     # Imported here: a prefork parent must never load TensorFlow (its forked children would hang).
     from worker.runtime import get_runtime
+    from worker.sweeper import Sweeper
 
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
              runtime.predictor.device)
+    Sweeper(runtime.session_factory, _enqueue_batch, runtime.redis, settings).start()
+
+
+def _enqueue_batch(task_ids: Sequence[str]) -> None:
+    """Put uploads back on the queue as one batch message (the sweeper's way of re-enqueuing)."""
+    app.send_task(PREDICT_BATCH_TASK, args=[list(task_ids)], queue=settings.queue_name)
 
 
 @worker_process_init.connect

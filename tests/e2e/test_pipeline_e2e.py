@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ import requests
 from sqlalchemy import select
 
 from shared.config import REPO_ROOT, Settings, child_environment
-from shared.schema import Prediction
+from shared.schema import Prediction, utcnow
 from tests.conftest import png_bytes
 from tests.userstyle import user_style_set
 
@@ -55,7 +58,7 @@ def _start(database_url: str, redis_url: str, **worker_env: str) -> Iterator[Sta
     """gunicorn and a Celery worker as separate processes, on a queue of their own."""
     settings = Settings(redis_url=redis_url, database_url=database_url, queue_name=f"e2e-{_free_port()}")
     env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, QUEUE_NAME=settings.queue_name,
-                            LOG_LEVEL="INFO")
+                            LOG_LEVEL="INFO", SWEEP_INTERVAL_SECONDS="1", SWEEP_AFTER_SECONDS="2")
     port = _free_port()
     worker_env = env | worker_env
     procs = [
@@ -162,6 +165,22 @@ def test_a_burst_of_uploads_is_predicted_in_shared_batches(stack, mnist, db_sess
         rows = s.scalars(select(Prediction).where(Prediction.task_id.in_([d["task_id"] for d, _ in docs]))).all()
     assert len(rows) == 48
     assert len({(r.started_at, r.worker) for r in rows}) < 48  # uploads shared model calls
+
+
+def test_an_upload_whose_message_was_lost_is_swept_back_onto_the_queue(stack, mnist, db_sessions):
+    # What the web records before enqueueing, with the message then lost (Redis flushed, say).
+    task_id = str(uuid.uuid4())
+    data = png_bytes(mnist.x_test[9])
+    long_ago = utcnow() - timedelta(seconds=30)
+    with db_sessions() as s, s.begin():
+        s.add(Prediction(task_id=task_id, state="PENDING", image=data, image_sha256=hashlib.sha256(data).hexdigest(),
+                         size_bytes=len(data), created_at=long_ago, enqueued_at=long_ago, attempts=1))
+
+    doc = _wait_final(stack, f"/tasks/{task_id}")
+
+    assert doc["state"] == "SUCCESS" and doc["digit"] == int(mnist.y_test[9])
+    with db_sessions() as s:
+        assert s.scalars(select(Prediction.attempts).where(Prediction.task_id == task_id)).one() == 2
 
 
 def test_page_and_unknown_task(stack):
