@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,18 +16,13 @@ import redis
 import requests
 from sqlalchemy import select
 
-from shared.config import REPO_ROOT, Settings, child_environment
+from shared.config import Settings
 from shared.schema import Prediction, utcnow
 from tests.conftest import png_bytes
+from tests.stack import LiveStack
 from tests.userstyle import user_style_set
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -40,45 +32,15 @@ class Stack:
     worker_pid: int
 
 
-def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.poll() is None, f"{p.args[:4]} exited with {p.returncode}"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)  # bounded readiness poll of a starting server, not a wait for work
-    raise AssertionError(f"{url} not ready after {timeout} s")
-
-
 def _start(database_url: str, redis_url: str, **worker_env: str) -> Iterator[Stack]:
-    """gunicorn and a Celery worker as separate processes, on a queue of their own."""
-    settings = Settings(redis_url=redis_url, database_url=database_url, queue_name=f"e2e-{_free_port()}")
-    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, QUEUE_NAME=settings.queue_name,
-                            LOG_LEVEL="INFO", SWEEP_INTERVAL_SECONDS="1", SWEEP_AFTER_SECONDS="2")
-    port = _free_port()
-    worker_env = env | worker_env
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                          "--worker-class", "gthread", "--threads", "4", "web:create_app()"], cwd=REPO_ROOT, env=env),
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-                          "--without-gossip", "--without-mingle", "--hostname", f"e2e-{port}@%h"],
-                         cwd=REPO_ROOT, env=worker_env),
-    ]
+    live = LiveStack(database_url, redis_url)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", procs)
-        yield Stack(f"http://127.0.0.1:{port}", settings, procs[1].pid)
+        live.start_web()
+        worker = live.start_worker(**worker_env)
+        live.wait_for("/readyz")
+        yield Stack(live.base_url, live.settings, worker.pid)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        live.stop()
 
 
 @pytest.fixture(scope="module")

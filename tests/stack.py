@@ -1,0 +1,155 @@
+"""Real processes for end-to-end and fault tests: gunicorn serving the web app, Celery workers, a private Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from shared.config import REPO_ROOT, Settings, child_environment
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class LiveStack:
+    """gunicorn and Celery workers as separate processes on the given services, with a queue of their own."""
+
+    def __init__(self, database_url: str, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.settings = Settings(redis_url=redis_url, database_url=database_url, queue_name=f"live-{self.port}")
+        self.env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url,
+                                     QUEUE_NAME=self.settings.queue_name, LOG_LEVEL="INFO",
+                                     SWEEP_INTERVAL_SECONDS="1", SWEEP_AFTER_SECONDS="2", **env)
+        self.web: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def start_web(self) -> None:
+        """Start gunicorn and wait until /healthz answers."""
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
+             "--worker-class", "gthread", "--threads", "8", "web:create_app()"], cwd=REPO_ROOT, env=self.env)
+        self.wait_for("/healthz")
+
+    def start_worker(self, **env: str) -> subprocess.Popen:
+        """Start one more Celery worker process."""
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+             "--without-gossip", "--without-mingle", "--hostname", f"w{len(self.workers)}-{self.port}@%h"],
+            cwd=REPO_ROOT, env=self.env | env)
+        self.workers.append(worker)
+        return worker
+
+    def wait_for(self, path: str, timeout: float = 60) -> None:
+        """Poll a path until it answers 200 (a bounded wait for a starting server)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in [self.web, *self.workers]:
+                assert proc is None or proc.poll() is None, f"{proc.args[:5]} exited with {proc.returncode}"
+            try:
+                if requests.get(f"{self.base_url}{path}", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{path} not answering after {timeout} s")
+
+    def stop(self) -> None:
+        """Stop every process (workers get a warm shutdown)."""
+        for proc in [*self.workers, self.web]:
+            if proc is not None:
+                _stop(proc)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (nothing on disk), so a test may restart it or lose its data."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        binary = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    def stop(self) -> None:
+        """Stop the server (its data is gone: nothing is persisted)."""
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+class PrivateMariaDB:
+    """A mariadbd of the test's own in a temporary data directory, so a test may stop and start it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.datadir = workdir / "mariadb"
+        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}/digits"
+        self.proc: subprocess.Popen | None = None
+        self._as_root = ["--user=root"] if os.geteuid() == 0 else []
+
+    def install(self) -> None:
+        """Create the data directory (system tables, a root without password on 127.0.0.1)."""
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", *self._as_root,
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        """Start the server on its port and wait until it accepts connections (bounded)."""
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+             "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--innodb-buffer-pool-size=64M",
+             *self._as_root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"mariadbd exited with {self.proc.returncode}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise AssertionError("private mariadbd did not start")
+
+    def stop(self) -> None:
+        """Shut the server down cleanly."""
+        if self.proc is not None:
+            _stop(self.proc, timeout=60)
+            self.proc = None
