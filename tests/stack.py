@@ -135,8 +135,10 @@ class PrivateMariaDB:
 
     def start(self) -> None:
         """Start the server on its port and wait until it accepts connections (bounded)."""
+        # Debian keeps the server in /usr/sbin, which a non-root PATH may lack.
+        binary = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin") or "mariadbd"
         self.proc = subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+            [binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
              "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--innodb-buffer-pool-size=64M",
              *self._as_root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60

@@ -101,6 +101,8 @@ def predict() -> ResponseReturnValue:
             "width": u.info.width,
             "height": u.info.height,
             "created_at": now,
+            "enqueued_at": now,
+            "attempts": 1,
         }
         for u in uploads
     ]
