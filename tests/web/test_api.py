@@ -179,3 +179,13 @@ def test_index_page_is_served_without_external_assets(client):
     assert 'name="file"' in html
     assert "http://" not in html and "https://" not in html
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_every_response_carries_security_headers(client):
+    for resp in (client.get("/"), client.get("/healthz"), client.get(f"/tasks/{uuid.uuid4()}")):
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["X-Frame-Options"] == "DENY"
+    html = client.get("/").get_data(as_text=True)
+    assert "<script>" not in html and " style=" not in html and " on" + "click=" not in html  # nothing inline
