@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -178,3 +179,16 @@ def test_model_lives_in_the_forked_child_never_in_the_celery_parent(prefork_stac
     assert children, "the prefork worker has no child processes"
     assert not _loaded_tensorflow(stack.worker_pid)  # TensorFlow in the parent would hang its forked children
     assert all(_loaded_tensorflow(child) for child in children)
+
+
+def test_a_body_over_the_limit_is_refused_from_its_declared_length_before_it_is_sent(stack):
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    declared = stack.settings.max_request_bytes + 1
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                     f"Content-Length: {declared}\r\n\r\n".encode())  # ...and not one byte of the body
+        answer = conn.recv(65536).decode("latin-1")
+
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413")
+    assert '"code":"too_large"' in body.replace(" ", "")
