@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_image_side: int = Field(12_000, description="Longest accepted side, in pixels")
     min_image_side: int = Field(8, description="Shortest accepted side, in pixels")
 
+    rate_limit: str = Field("120/minute", description="Uploads per client on POST /predict; empty = no limit")
+    trusted_proxies: int = Field(0, description="Reverse proxies in front of the web whose X-Forwarded-For to trust")
     queue_name: str = Field("digits", description="Celery queue the predictions travel on")
     result_ttl_seconds: int = Field(24 * 3600, description="How long Redis keeps a finished result")
     worker_tf_threads: int = Field(0, description="TensorFlow intra-op threads per worker process; 0 = all cores")

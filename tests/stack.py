@@ -42,7 +42,8 @@ class LiveStack:
         self.settings = Settings(redis_url=redis_url, database_url=database_url, queue_name=f"live-{self.port}")
         self.env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url,
                                      QUEUE_NAME=self.settings.queue_name, LOG_LEVEL="INFO",
-                                     SWEEP_INTERVAL_SECONDS="1", SWEEP_AFTER_SECONDS="2", **env)
+                                     SWEEP_INTERVAL_SECONDS="1", SWEEP_AFTER_SECONDS="2",
+                                     RATE_LIMIT="", **env)  # the load comes from one address: no limit
         self.web: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 

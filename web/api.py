@@ -24,6 +24,7 @@ from shared.schema import FINAL_STATES, Prediction, State, status_document, utcn
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from web import db
 from web.errors import ApiError
+from web.limits import limiter, upload_limit, uploads_unlimited
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -73,6 +74,7 @@ def _status_url(task_id: str) -> str:
 
 
 @bp.post("/predict")
+@limiter.limit(upload_limit, exempt_when=uploads_unlimited)
 def predict() -> ResponseReturnValue:
     """Validate, record (before answering) and enqueue one or several uploads; 202 with their task ids."""
     cfg = db.settings()

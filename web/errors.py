@@ -39,6 +39,9 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         if status == 413:
             return error_response(413, "too_large", "The upload is larger than this service accepts.")
+        if status == 429:
+            return error_response(429, "rate_limited",
+                                  f"Too many uploads from your address ({exc.description}); wait a moment and retry.")
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(status, code, exc.description or exc.name)
 

@@ -189,3 +189,19 @@ def test_every_response_carries_security_headers(client):
         assert resp.headers["X-Frame-Options"] == "DENY"
     html = client.get("/").get_data(as_text=True)
     assert "<script>" not in html and " style=" not in html and " on" + "click=" not in html  # nothing inline
+
+
+def test_uploads_beyond_the_rate_limit_get_429_with_retry_after(database_url, redis_url, db_engine, mnist):
+    settings = Settings(redis_url=redis_url, database_url=database_url, rate_limit="2/minute",
+                        queue_name=f"limit-{uuid.uuid4().hex[:8]}")
+    client = create_app(settings).test_client()
+    image = (png_bytes(mnist.x_test[0]), "d.png")
+
+    statuses = [_post(client, image).status_code for _ in range(2)]
+    refused = _post(client, image)
+
+    assert statuses == [202, 202]
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert client.get("/healthz").status_code == 200  # only uploads are limited
