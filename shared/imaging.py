@@ -382,6 +382,8 @@ def _noise_sigma(ink: np.ndarray) -> float:
     """
     sample = ink[::2] if ink.shape[0] > 64 else ink  # every other row is plenty
     diffs = np.abs(np.diff(sample, axis=1))
+    if diffs.size == 0:  # a one-pixel-wide picture has no neighbours to compare: no measurable noise
+        return 0.0
     return float(np.median(diffs)) / (0.6745 * math.sqrt(2.0))
 
 
