@@ -162,6 +162,7 @@ def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
 
 MAX_WAIT_SECONDS = 30.0
 MAX_IDS = 100
+MAX_PAGE = 1_000_000
 
 
 def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
@@ -209,8 +210,8 @@ def predictions() -> ResponseReturnValue:
     """Recent predictions from the database, newest first, paginated."""
     page = request.args.get("page", 1, type=int) or 1
     per_page = request.args.get("per_page", 20, type=int) or 20
-    if page < 1 or not 1 <= per_page <= 100:
-        raise ApiError(400, "bad_page", "page must be ≥ 1 and per_page between 1 and 100.")
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= 100:
+        raise ApiError(400, "bad_page", f"page must be between 1 and {MAX_PAGE}, per_page between 1 and 100.")
     session = db.session()
     total = session.scalar(select(func.count()).select_from(Prediction)) or 0
     rows = session.scalars(

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ def register(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(status, code, exc.description or exc.name)
 
-    @app.errorhandler(DBAPIError)
+    # Only losing the database is "unavailable"; any other database error is a bug and stays a 500.
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
     def _db_error(exc: DBAPIError) -> ResponseReturnValue:
         log.error("database unavailable: %s", exc.orig)
         return error_response(503, "database_unavailable", "The database is unavailable; try again shortly.")

@@ -1,0 +1,126 @@
+"""The API's OpenAPI description, served at /openapi.json (and checked against the app by schemathesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+bp = Blueprint("openapi", __name__)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "description": "Hold the answer up to this many seconds until the task is final (long poll).",
+        "schema": {"type": "number", "minimum": 0, "maximum": 30}}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Digit reader", "version": "1",
+             "description": "Upload images of handwritten digits; they are queued, predicted, and stored."},
+    "paths": {
+        "/predict": {"post": {
+            "summary": "Upload one or several images (multipart field `file`)",
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                        "minItems": 1, "maxItems": 16}}}}}},
+            "responses": {
+                "202": {"description": "Recorded and queued",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "400": _error("Not a usable image, blank, or too many files"),
+                "413": _error("Larger than the service accepts"),
+                "415": _error("Not an image, or not multipart/form-data"),
+                "429": _error("Too many uploads from this address"),
+                "503": _error("Queue or database unavailable"),
+            }}},
+        "/tasks/{task_id}": {"get": {
+            "summary": "The state of one upload",
+            "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}, WAIT],
+            "responses": {
+                "200": {"description": "Its status document",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+                "404": _error("No such task"),
+                "503": _error("Database unavailable"),
+            }}},
+        "/tasks": {"get": {
+            "summary": "The states of several uploads",
+            "parameters": [{"name": "ids", "in": "query", "required": True,
+                            "description": "Comma-separated task ids (at most 100)", "schema": {"type": "string"}},
+                           WAIT],
+            "responses": {
+                "200": {"description": "Their status documents, in the order asked",
+                        "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["tasks"],
+                            "properties": {"tasks": {"type": "array",
+                                                     "items": {"$ref": "#/components/schemas/Status"}}}}}}},
+                "400": _error("No ids, or too many"),
+                "404": _error("An unknown id"),
+                "503": _error("Database unavailable"),
+            }}},
+        "/predictions": {"get": {
+            "summary": "Recent predictions, newest first",
+            "parameters": [
+                {"name": "page", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000}},
+                {"name": "per_page", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100}}],
+            "responses": {
+                "200": {"description": "A page of history", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["items", "page", "per_page", "total"],
+                    "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Status"}},
+                                   "page": {"type": "integer"}, "per_page": {"type": "integer"},
+                                   "total": {"type": "integer"}}}}}},
+                "400": _error("Bad page parameters"),
+                "503": _error("Database unavailable"),
+            }}},
+        "/healthz": {"get": {"summary": "The process serves", "responses": {"200": {"description": "Alive"}}}},
+        "/readyz": {"get": {"summary": "Redis and the database answer",
+                            "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Task": {"type": "object", "required": ["task_id", "status_url"],
+                 "properties": {"task_id": UUID, "status_url": {"type": "string"},
+                                "filename": _nullable({"type": "string"})}},
+        "Accepted": {"oneOf": [
+            {"$ref": "#/components/schemas/Task"},
+            {"type": "object", "required": ["tasks", "status_url"],
+             "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
+                            "status_url": {"type": "string"}}}]},
+        "Status": {"type": "object",
+                   "required": ["task_id", "state", "digit", "confidence", "probabilities", "model_version",
+                                "error", "created_at", "finished_at"],
+                   "properties": {
+                       "task_id": UUID,
+                       "state": {"type": "string", "enum": ["PENDING", "STARTED", "SUCCESS", "FAILURE"]},
+                       "digit": _nullable({"type": "integer", "minimum": 0, "maximum": 9}),
+                       "confidence": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+                       "probabilities": _nullable({"type": "array", "items": {"type": "number"},
+                                                   "minItems": 10, "maxItems": 10}),
+                       "model_version": _nullable({"type": "string"}),
+                       "error": _nullable({"type": "string"}),
+                       "created_at": _nullable({"type": "string", "format": "date-time"}),
+                       "finished_at": _nullable({"type": "string", "format": "date-time"}),
+                       "filename": _nullable({"type": "string"}),
+                   }},
+    }},
+}
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    """The OpenAPI description of this API."""
+    return jsonify(SPEC)
