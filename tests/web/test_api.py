@@ -170,7 +170,8 @@ def test_history_is_paginated_newest_first(client, mnist):
     assert [i["task_id"] for i in page2["items"]] == ids[:1]
     assert page1["items"][0]["filename"] == "h2.png"
     assert client.get("/predictions?per_page=1000").status_code == 400
-    assert client.get("/predictions?page=986091181711387642325690203599011840").status_code == 400  # found by schemathesis
+    huge = "986091181711387642325690203599011840"  # found by schemathesis: MariaDB refused the OFFSET
+    assert client.get(f"/predictions?page={huge}").status_code == 400
 
 
 def test_index_page_is_served_without_external_assets(client):
