@@ -131,9 +131,9 @@ def main() -> int:
                                   "--access-logfile", "-", "web:create_app()"], env)
         stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
                                "--hostname", "worker@%h"], env)
-        flower = stack.start("flower", [python, "-m", "celery", "-A", "worker.celery_app", "flower",
-                                        f"--port={local.flower_port}", "--address=127.0.0.1",
-                                        f"--basic-auth={flower_auth}"], env)
+        flower = stack.start("flower", [python, "-m", "worker.flower", f"--port={local.flower_port}",
+                                        "--address=127.0.0.1"],
+                             env | {"FLOWER_BASIC_AUTH": flower_auth, "FLOWER_LOCAL_MODE": "1"})
         wait_for_port(local.port, web)
         wait_for_port(local.flower_port, flower)
         log.info("web:    http://127.0.0.1:%d", local.port)

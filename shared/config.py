@@ -63,6 +63,15 @@ class LocalRunSettings(BaseSettings):
     data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
 
 
+class FlowerSettings(BaseSettings):
+    """What `python -m worker.flower` reads: Flower's credentials, and whether this is a local run."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    flower_basic_auth: str | None = Field(None, description="user:password Flower asks for")
+    flower_local_mode: bool = Field(False, description="Allow weak/example passwords (make run on one machine)")
+
+
 class BenchSettings(BaseSettings):
     """What `make bench` reads (BENCH_*): the services to measure against, and the MNIST copy."""
 
