@@ -49,10 +49,19 @@ class LiveStack:
 
     def start_web(self) -> None:
         """Start gunicorn and wait until /healthz answers."""
+        # A process group of its own, so a restart can kill the master and its workers at once.
         self.web = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-             "--worker-class", "gthread", "--threads", "8", "web:create_app()"], cwd=REPO_ROOT, env=self.env)
+             "--worker-class", "gthread", "--threads", "8", "web:create_app()"], cwd=REPO_ROOT, env=self.env,
+            start_new_session=True)
         self.wait_for("/healthz")
+
+    def restart_web(self) -> None:
+        """Kill the web processes at once (as a crashed container would) and start new ones on the same port."""
+        assert self.web is not None
+        os.killpg(self.web.pid, signal.SIGKILL)
+        self.web.wait()
+        self.start_web()
 
     def start_worker(self, **env: str) -> subprocess.Popen:
         """Start one more Celery worker process."""
@@ -72,7 +81,7 @@ class LiveStack:
             try:
                 if requests.get(f"{self.base_url}{path}", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"{path} not answering after {timeout} s")
