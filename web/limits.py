@@ -30,6 +30,8 @@ def register(app: Flask, settings: Settings) -> None:
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     app.config.update(
+        # No limit configured: the limiter stays out of the request path entirely.
+        RATELIMIT_ENABLED=bool(settings.rate_limit),
         RATELIMIT_STORAGE_URI=settings.redis_url,
         RATELIMIT_KEY_PREFIX=f"digits-limits:{settings.queue_name}",
         RATELIMIT_HEADERS_ENABLED=True,
