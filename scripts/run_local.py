@@ -126,9 +126,12 @@ def main() -> int:
         upgrade(database_url)
         flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
         python = sys.executable
-        web = stack.start("web", [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{local.port}",
+        # gunicorn's workers add up their metrics through files in var/metrics (web/gunicorn_conf.py).
+        web_env = env | {"PROMETHEUS_MULTIPROC_DIR": str((local.data_dir / "metrics").resolve())}
+        web = stack.start("web", [python, "-m", "gunicorn", "-c", "python:web.gunicorn_conf",
+                                  "--bind", f"127.0.0.1:{local.port}",
                                   "--workers", str(local.web_workers), "--worker-class", "gthread", "--threads", "8",
-                                  "--access-logfile", "-", "web:create_app()"], env)
+                                  "--access-logfile", "-", "web:create_app()"], web_env)
         stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
                                "--hostname", "worker@%h"], env)
         flower = stack.start("flower", [python, "-m", "worker.flower", f"--port={local.flower_port}",

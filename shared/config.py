@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(128, description="Most uploads in one model call and one database write")
     batch_max_wait_ms: float = Field(2.0, description="Longest a task waits for others to share its batch")
     log_level: str = Field("INFO", description="Python logging level")
+    prometheus_multiproc_dir: Path | None = Field(
+        None, description="Shared folder for gunicorn workers' metrics (prometheus_client reads it too)")
+    worker_metrics_port: int = Field(9808, description="Port of a worker's /metrics; 0 = none")
     sweep_interval_seconds: float = Field(30.0, description="How often one worker looks for lost uploads")
     sweep_after_seconds: float = Field(60.0, description="A PENDING upload enqueued this long ago is re-enqueued")
     max_attempts: int = Field(5, description="Enqueues before a never-finished upload ends as FAILURE")

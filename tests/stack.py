@@ -43,7 +43,8 @@ class LiveStack:
         self.env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url,
                                      QUEUE_NAME=self.settings.queue_name, LOG_LEVEL="INFO",
                                      SWEEP_INTERVAL_SECONDS="1", SWEEP_AFTER_SECONDS="2",
-                                     RATE_LIMIT="", **env)  # the load comes from one address: no limit
+                                     RATE_LIMIT="",  # the load comes from one address: no limit
+                                     WORKER_METRICS_PORT="0", **env)
         self.web: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 

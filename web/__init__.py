@@ -41,13 +41,14 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)),
     }
 
-    from web import api, errors, headers, health, limits, openapi, pages
+    from web import api, errors, headers, health, limits, metrics, openapi, pages
     from web.db import close_session
 
     app.teardown_appcontext(close_session)
     errors.register(app)
     headers.register(app)
     limits.register(app, settings)
+    metrics.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)

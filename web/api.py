@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
@@ -132,6 +132,7 @@ def predict() -> ResponseReturnValue:
     tasks = [{"task_id": r["task_id"], "status_url": _status_url(r["task_id"]), "filename": r["filename"]}
              for r in rows]
     log.info("accepted %s", ", ".join(ids))
+    g.accepted_uploads = len(ids)
     if len(tasks) == 1:
         body: dict[str, Any] = {"task_id": tasks[0]["task_id"], "status_url": tasks[0]["status_url"]}
         return jsonify(body), 202, {"Location": tasks[0]["status_url"]}

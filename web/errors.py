@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -23,7 +23,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> ResponseReturnValue:
-    """The JSON error body with its status."""
+    """The JSON error body with its status (the code is kept for the metrics)."""
+    g.error_code = code
     return jsonify({"error": {"code": code, "message": message}}), status
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import worker_process_init, worker_ready
+from prometheus_client import start_http_server
 
 from shared.config import get_settings
 from shared.queue import make_celery
@@ -28,14 +29,22 @@ app.conf.update(
 )
 
 
-def _warm_up() -> None:
+def _warm_up(serve_metrics: bool) -> None:
     # Imported here: a prefork parent must never load TensorFlow (its forked children would hang).
+    from worker.metrics import MODEL
     from worker.runtime import get_runtime
     from worker.sweeper import Sweeper
 
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
              runtime.predictor.device)
+    MODEL.labels(version=runtime.predictor.version, device=runtime.predictor.device).set(1)
+    if serve_metrics and settings.worker_metrics_port:
+        try:
+            start_http_server(settings.worker_metrics_port)
+            log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+        except OSError as exc:  # a second worker on the same host: predictions matter more than metrics
+            log.warning("worker metrics not served on port %d: %s", settings.worker_metrics_port, exc)
     Sweeper(runtime.session_factory, _enqueue_batch, runtime.redis, settings).start()
 
 
@@ -47,7 +56,7 @@ def _enqueue_batch(task_ids: Sequence[str]) -> None:
 @worker_process_init.connect
 def _load_in_child(**_: Any) -> None:
     """Prefork: load the model in each child right after fork, so the first task is not slow."""
-    _warm_up()
+    _warm_up(serve_metrics=False)  # children would fight over one port; metrics need the threads pool
 
 
 @worker_ready.connect
@@ -55,4 +64,4 @@ def _load_in_worker(sender: Any, **_: Any) -> None:
     """Threads/solo pools: load the model in the worker process itself before it takes tasks."""
     pool_cls = sender.controller.pool_cls
     if not issubclass(pool_cls, PreforkPool):
-        _warm_up()
+        _warm_up(serve_metrics=True)

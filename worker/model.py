@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from shared.config import quiet_tensorflow_logs
+from worker.metrics import INFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Predictor:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, 10) for a batch of preprocessed images (N, 28, 28) scaled to [0, 1]."""
         x = np.asarray(batch, dtype=np.float32).reshape(-1, *INPUT_SHAPE, 1)
-        return np.asarray(self._fn(x))
+        with INFERENCE.time():
+            return np.asarray(self._fn(x))
 
 
 def load_predictor(model_path: Path, threads: int = 0) -> Predictor:

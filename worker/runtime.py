@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from shared.config import Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.queue import store_statuses
 from worker.batcher import MicroBatcher
+from worker.metrics import observe_batch
 from worker.model import Predictor, load_predictor
 from worker.pipeline import run_batch
 
@@ -37,8 +39,10 @@ class WorkerRuntime:
 
     def predict(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Predict and store a batch of uploads by task id: rows first (the truth), then Redis (the cache)."""
+        started = time.perf_counter()
         docs = run_batch(task_ids, self.session_factory, self.predictor, self.name, imaging.preprocess)
         store_statuses(self.redis, docs.values(), self.settings.result_ttl_seconds)
+        observe_batch(len(task_ids), time.perf_counter() - started, docs.values())
         return docs
 
     def predict_one(self, task_id: str) -> dict[str, Any]:

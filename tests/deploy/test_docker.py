@@ -151,7 +151,8 @@ def test_web_image_serves_port_80_and_flower_and_migrations() -> None:
     steps = instructions(WEB_DOCKERFILE)
     assert ("EXPOSE", "80") in steps
     cmd = steps[-1][1]
-    assert '"gunicorn", "--bind", "0.0.0.0:80"' in cmd and "web:create_app()" in cmd
+    assert '"gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:80"' in cmd
+    assert "web:create_app()" in cmd
     copied = " ".join(args for word, args in steps if word == "COPY")
     for needed in ("alembic.ini", "migrations/", "templates/", "shared/", "web/", "worker/"):
         assert needed in copied

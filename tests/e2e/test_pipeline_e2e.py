@@ -20,7 +20,7 @@ from sqlalchemy import select
 from shared.config import Settings
 from shared.schema import Prediction, utcnow
 from tests.conftest import png_bytes
-from tests.stack import LiveStack
+from tests.stack import LiveStack, free_port
 from tests.userstyle import user_style_set
 
 pytestmark = pytest.mark.e2e
@@ -31,15 +31,17 @@ class Stack:
     base_url: str
     settings: Settings
     worker_pid: int
+    metrics_port: int
 
 
 def _start(database_url: str, redis_url: str, **worker_env: str) -> Iterator[Stack]:
     live = LiveStack(database_url, redis_url)
+    metrics_port = free_port()
     try:
         live.start_web()
-        worker = live.start_worker(**worker_env)
+        worker = live.start_worker(WORKER_METRICS_PORT=str(metrics_port), **worker_env)
         live.wait_for("/readyz")
-        yield Stack(live.base_url, live.settings, worker.pid)
+        yield Stack(live.base_url, live.settings, worker.pid, metrics_port)
     finally:
         live.stop()
 
@@ -187,8 +189,29 @@ def test_a_body_over_the_limit_is_refused_from_its_declared_length_before_it_is_
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      f"Content-Length: {declared}\r\n\r\n".encode())  # ...and not one byte of the body
-        answer = conn.recv(65536).decode("latin-1")
+        chunks = []
+        while chunk := conn.recv(65536):  # the server answers, then closes: it will not read that body
+            chunks.append(chunk)
+        answer = b"".join(chunks).decode("latin-1")
 
     head, _, body = answer.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 413")
     assert '"code":"too_large"' in body.replace(" ", "")
+
+
+def test_web_and_worker_expose_prometheus_metrics(stack, mnist):
+    body = requests.post(f"{stack.base_url}/predict", files={"file": ("d.png", png_bytes(mnist.x_test[2]))},
+                         timeout=10).json()
+    doc = _wait_final(stack, body["status_url"])
+    requests.post(f"{stack.base_url}/predict", files={"file": ("x.png", b"not an image")}, timeout=10)
+
+    web = requests.get(f"{stack.base_url}/metrics", timeout=10).text
+    worker = requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10).text
+
+    assert 'digits_uploads_total{outcome="accepted"}' in web
+    assert 'digits_uploads_total{outcome="not_an_image"}' in web
+    assert 'digits_http_request_seconds_bucket{endpoint="/tasks/<task_id>"' in web
+    assert f'digits_predictions_total{{digit="{doc["digit"]}"}}' in worker
+    assert "digits_inference_seconds_count" in worker and "digits_batch_size_bucket" in worker
+    assert "digits_queue_wait_seconds_count" in worker
+    assert 'digits_model_info{device="/CPU:0",version="' in worker
