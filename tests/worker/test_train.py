@@ -92,3 +92,68 @@ def test_script_runs_as_a_file() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "--min-accuracy" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_strong(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The strong architecture, briefly: 2,000 images, 1 epoch (a few seconds on 2 cores)."""
+    if not OFFLINE_MNIST.is_dir():
+        pytest.fail(f"offline MNIST copy not found at {OFFLINE_MNIST} (expected ../shared beside the repo)")
+    output = tmp_path_factory.mktemp("strong") / "s.h5"
+    # Batch size 32: enough steps in one short epoch for the BatchNorm statistics to settle.
+    rc = main([
+        "--data", str(OFFLINE_MNIST), "--architecture", "strong", "--limit", "2000", "--epochs", "1",
+        "--batch-size", "32", "--min-accuracy", "0.5", "--output", str(output),
+    ])
+    assert rc == 0
+    return output
+
+
+def test_strong_model_loads_plainly_with_the_expected_structure(trained_strong: Path) -> None:
+    import keras
+
+    # compile=False and no custom_objects: exactly how worker.model loads it.
+    model = keras.models.load_model(trained_strong, compile=False)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert tuple(model.input_shape) == (None, 28, 28, 1)
+    assert tuple(model.output_shape) == (None, 10)
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert names.count("Conv2D") >= 4 and names.count("MaxPooling2D") >= 2
+    assert names.count("BatchNormalization") >= 4 and names.count("Dropout") >= 2
+    # Each conv block: Conv-BN-ReLU twice, then pooling and dropout.
+    first_pool = names.index("MaxPooling2D")
+    assert names[:first_pool + 2] == ["Conv2D", "BatchNormalization", "Activation"] * 2 + ["MaxPooling2D", "Dropout"]
+    # No augmentation layers inside the saved model: inference is a plain function.
+    assert not [n for n in names if n.startswith("Random")]
+
+
+def test_strong_model_inference_is_deterministic(trained_strong: Path) -> None:
+    import keras
+    import numpy as np
+
+    model = keras.models.load_model(trained_strong, compile=False)
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    first, second = np.asarray(model(x, training=False)), np.asarray(model(x, training=False))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_strong_metadata(trained_strong: Path) -> None:
+    metadata = json.loads(trained_strong.with_suffix(".json").read_text())
+    assert set(metadata) >= METADATA_FIELDS
+    assert metadata["architecture"] == "strong-cnn"
+    assert metadata["model_version"] == hashlib.sha256(trained_strong.read_bytes()).hexdigest()[:16]
+    assert metadata["epochs"] == 1 and metadata["train_samples"] == 2000 and metadata["batch_size"] == 32
+    assert 0.5 <= metadata["test_accuracy"] <= 1.0
+    assert "rotation" in metadata["augmentation"] and metadata["parameters"] > 0
+
+
+def test_per_architecture_defaults() -> None:
+    from worker.create_and_train_model import parse_args
+
+    seed = parse_args([])
+    strong = parse_args(["--architecture", "strong"])
+    assert (seed.architecture, seed.min_accuracy) == ("seed", 0.98)
+    assert (strong.architecture, strong.min_accuracy) == ("strong", 0.993)
+    assert parse_args(["--architecture", "strong", "--min-accuracy", "0.5"]).min_accuracy == 0.5
+    assert seed.epochs is None and strong.epochs is None  # resolved per architecture in train()

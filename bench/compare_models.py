@@ -1,0 +1,115 @@
+"""Compare trained digit models on MNIST test and on the user-style uploads; prints Markdown tables.
+
+    python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
+                                   [--user-style 2000] [--seed 2024]
+
+Every image goes the way an upload does: encoded (PNG for MNIST, tests/userstyle.py's renderings
+for the user-style set), through ``shared.imaging.preprocess``, then ``worker.model.Predictor``.
+The preprocessing is done once and shared by all models, so they are scored on identical inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import REPO_ROOT, quiet_tensorflow_logs
+from shared.imaging import ImageRejected, preprocess
+from tests.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
+from worker.mnist_data import load_idx_dir
+
+log = logging.getLogger("bench.compare_models")
+
+DEFAULT_MODELS = (REPO_ROOT / "models" / "mnist_model.h5", REPO_ROOT / "models" / "mnist_model_strong.h5")
+MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def preprocess_all(uploads: Sequence[bytes]) -> np.ndarray:
+    """Preprocess every upload; a refused one becomes a NaN image (scored as wrong)."""
+    images = np.full((len(uploads), 28, 28), np.nan, np.float32)
+    for i, data in enumerate(uploads):
+        try:
+            images[i] = preprocess(data)
+        except ImageRejected as exc:
+            log.warning("upload %d refused: %s", i, exc)
+    return images
+
+
+def predict(predictor, images: np.ndarray) -> np.ndarray:
+    """Predicted digits for (N, 28, 28) images in batches of 512; NaN (refused) images get -1."""
+    rejected = np.isnan(images).any(axis=(1, 2))
+    batch = np.nan_to_num(images)
+    digits = np.concatenate([predictor.predict(batch[i:i + 512]).argmax(axis=1) for i in range(0, len(batch), 512)])
+    return np.where(rejected, -1, digits)
+
+
+def _metadata(path: Path) -> dict:
+    try:
+        return json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare_models", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, nargs="+", default=list(DEFAULT_MODELS), help="model .h5 files")
+    parser.add_argument("--user-style", type=int, default=2000, help="size of the user-style set (default 2000)")
+    parser.add_argument("--seed", type=int, default=2024, help="user-style seed (default 2024)")
+    parser.add_argument("--mnist", type=Path, default=MNIST_DIR, help=f"MNIST IDX directory (default {MNIST_DIR})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_tensorflow_logs()
+
+    missing = [str(p) for p in args.models if not p.exists()]
+    if missing:
+        print(f"model file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+
+    mnist = load_idx_dir(args.mnist)
+    started = time.perf_counter()
+    mnist_images = preprocess_all([encode_png(d) for d in mnist.x_test])
+    user = user_style_set(mnist.x_test, mnist.y_test, args.user_style, seed=args.seed)
+    user_images = preprocess_all([data for data, _, _ in user])
+    user_labels = [label for _, label, _ in user]
+    user_kinds = [kind for _, _, kind in user]
+    prep_s = time.perf_counter() - started
+
+    from worker.model import Predictor
+
+    rows = []
+    predictor_params: dict[Path, int] = {}
+    for path in args.models:
+        meta = _metadata(path)
+        predictor = Predictor.load(path)
+        predictor_params[path] = int(predictor.model.count_params())
+        t0 = time.perf_counter()
+        mnist_acc = float(np.mean(predict(predictor, mnist_images) == mnist.y_test))
+        infer_ms = (time.perf_counter() - t0) * 1000 / len(mnist_images)
+        user_scores = accuracy_by_kind(user_labels, user_kinds, predict(predictor, user_images))
+        rows.append((path, predictor.version, meta, mnist_acc, user_scores, infer_ms))
+
+    print(f"MNIST test: {len(mnist_images)} digits as PNG uploads; user-style: {args.user_style} uploads, "
+          f"seed {args.seed}; all through shared.imaging.preprocess ({prep_s:.0f} s, shared by all models).\n")
+    print("| model | version | architecture | params | trained (s) | MNIST test | user-style | ms/image (batched) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for path, version, meta, mnist_acc, scores, infer_ms in rows:
+        params = predictor_params[path]
+        print(f"| {path.name} | {version} | {meta.get('architecture', '?')} | {params} | "
+              f"{meta.get('train_seconds', '')} | {mnist_acc:.4f} | {scores['all']:.4f} | {infer_ms:.3f} |")
+    print("\nUser-style accuracy by kind:\n")
+    print("| kind | " + " | ".join(path.name for path, *_ in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for kind in KINDS:
+        print(f"| {kind} | " + " | ".join(f"{scores.get(kind, float('nan')):.3f}" for *_, scores, _ in rows) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
