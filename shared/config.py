@@ -75,6 +75,14 @@ class FlowerSettings(BaseSettings):
     flower_local_mode: bool = Field(False, description="Allow weak/example passwords (make run on one machine)")
 
 
+class ClientSettings(BaseSettings):
+    """What the command-line client reads: where the service is (DIGITS_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", extra="ignore")
+
+    url: str = Field("http://127.0.0.1:8000", description="Base URL of the web tier")
+
+
 class BenchSettings(BaseSettings):
     """What `make bench` reads (BENCH_*): the services to measure against, and the MNIST copy."""
 

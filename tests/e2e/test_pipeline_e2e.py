@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import redis
 import requests
 from sqlalchemy import select
 
-from shared.config import Settings
+from shared.config import REPO_ROOT, Settings
 from shared.schema import Prediction, utcnow
 from tests.conftest import png_bytes
 from tests.stack import LiveStack, free_port
@@ -215,3 +217,23 @@ def test_web_and_worker_expose_prometheus_metrics(stack, mnist):
     assert "digits_inference_seconds_count" in worker and "digits_batch_size_bucket" in worker
     assert "digits_queue_wait_seconds_count" in worker
     assert 'digits_model_info{device="/CPU:0",version="' in worker
+
+
+def test_command_line_client_prints_each_files_digit(stack, mnist, tmp_path):
+    files = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        path.write_bytes(png_bytes(mnist.x_test[i]))
+        files.append(str(path))
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    out = subprocess.run([sys.executable, "-m", "scripts.cli", "predict", *files, "--url", stack.base_url],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(": ")[1].split()[0] for line in lines] == [str(int(y)) for y in mnist.y_test[:3]]
+
+    refused = subprocess.run([sys.executable, "-m", "scripts.cli", "predict", str(notes), "--url", stack.base_url],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "notes.png: error: 'notes.png': this is a text file, not an image" in refused.stdout
