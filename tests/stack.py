@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -92,6 +94,19 @@ class LiveStack:
         for proc in [*self.workers, self.web]:
             if proc is not None:
                 _stop(proc)
+
+
+@contextmanager
+def running_stack(database_url: str, redis_url: str, **worker_env: str) -> Iterator[LiveStack]:
+    """A web process and one worker, ready (both services answer), stopped afterwards."""
+    stack = LiveStack(database_url, redis_url)
+    try:
+        stack.start_web()
+        stack.start_worker(**worker_env)
+        stack.wait_for("/readyz")
+        yield stack
+    finally:
+        stack.stop()
 
 
 class PrivateRedis:

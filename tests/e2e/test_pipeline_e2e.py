@@ -22,7 +22,7 @@ from sqlalchemy import select
 from shared.config import REPO_ROOT, Settings
 from shared.schema import Prediction, utcnow
 from tests.conftest import png_bytes
-from tests.stack import LiveStack, free_port
+from tests.stack import free_port, running_stack
 from tests.userstyle import user_style_set
 
 pytestmark = pytest.mark.e2e
@@ -37,15 +37,9 @@ class Stack:
 
 
 def _start(database_url: str, redis_url: str, **worker_env: str) -> Iterator[Stack]:
-    live = LiveStack(database_url, redis_url)
     metrics_port = free_port()
-    try:
-        live.start_web()
-        worker = live.start_worker(WORKER_METRICS_PORT=str(metrics_port), **worker_env)
-        live.wait_for("/readyz")
-        yield Stack(live.base_url, live.settings, worker.pid, metrics_port)
-    finally:
-        live.stop()
+    with running_stack(database_url, redis_url, WORKER_METRICS_PORT=str(metrics_port), **worker_env) as live:
+        yield Stack(live.base_url, live.settings, live.workers[0].pid, metrics_port)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.schema import FINAL_STATES, Prediction
 from tests.conftest import png_bytes
-from tests.stack import LiveStack, PrivateMariaDB, PrivateRedis
+from tests.stack import LiveStack, PrivateMariaDB, PrivateRedis, running_stack
 
 pytestmark = pytest.mark.fault
 log = logging.getLogger(__name__)
@@ -105,6 +105,20 @@ def _books(db_sessions, accepted: list[str], timeout: float = 50) -> dict[str, i
     return books
 
 
+def under_load(base_url: str, images: list[bytes], fault: Callable[[], None], sessions,
+               recovery_timeout: float = 30) -> tuple[dict[str, int], Load]:
+    """Run the load, inject the fault once it flows, keep loading until the service accepts again; the books."""
+    load = Load(base_url, images)
+    threads = load.run()
+    load.wait_until_accepted(40)
+    fault()
+    load.wait_until_accepted(len(load.accepted) + 40, timeout=recovery_timeout)
+    load.stop.set()
+    for t in threads:
+        t.join(20)
+    return _books(sessions, load.accepted), load
+
+
 @pytest.fixture
 def images(mnist) -> list[bytes]:
     """A few hundred real digits to upload."""
@@ -114,64 +128,35 @@ def images(mnist) -> list[bytes]:
 @pytest.fixture
 def live(database_url: str, redis_url: str, db_engine) -> Iterator[LiveStack]:
     """A web process and one worker on the shared test services."""
-    stack = LiveStack(database_url, redis_url)
-    try:
-        stack.start_web()
-        stack.start_worker()
-        stack.wait_for("/readyz")
+    with running_stack(database_url, redis_url) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_worker_killed_mid_batch_loses_nothing(live, images, db_sessions):
-    load = Load(live.base_url, images)
-    threads = load.run()
-    load.wait_until_accepted(40)
+    def kill_worker() -> None:
+        os.kill(live.workers[0].pid, signal.SIGKILL)  # no warm shutdown: reserved and running tasks die with it
+        live.workers[0].wait()
+        live.start_worker()
 
-    os.kill(live.workers[0].pid, signal.SIGKILL)  # no warm shutdown: reserved and running tasks die with it
-    live.workers[0].wait()
-    live.start_worker()
-    load.wait_until_accepted(len(load.accepted) + 40)
-    load.stop.set()
-    for t in threads:
-        t.join(20)
-
-    books = _books(db_sessions, load.accepted)
+    books, load = under_load(live.base_url, images, kill_worker, db_sessions)
     assert books["lost"] == 0 and books["duplicates"] == 0 and books["unacknowledged"] == 0
     assert books["completed"] == books["accepted"]
     assert load.refused == {}
 
 
 def test_queue_flushed_under_load_loses_nothing(live, images, db_sessions):
-    load = Load(live.base_url, images)
-    threads = load.run()
-    load.wait_until_accepted(40)
+    def flush_queue() -> None:
+        redis.Redis.from_url(live.settings.redis_url).delete(live.settings.queue_name)  # every waiting message
 
-    redis.Redis.from_url(live.settings.redis_url).delete(live.settings.queue_name)  # every waiting message
-    load.wait_until_accepted(len(load.accepted) + 40)
-    load.stop.set()
-    for t in threads:
-        t.join(20)
-
-    books = _books(db_sessions, load.accepted)
+    books, load = under_load(live.base_url, images, flush_queue, db_sessions)
     assert books["lost"] == 0 and books["duplicates"] == 0 and books["unacknowledged"] == 0
     assert books["completed"] == books["accepted"]
     assert load.refused == {}
 
 
 def test_web_process_killed_under_load_loses_nothing(live, images, db_sessions):
-    load = Load(live.base_url, images)
-    threads = load.run()
-    load.wait_until_accepted(40)
-
-    live.restart_web()  # SIGKILL: requests in flight die with it
-    load.wait_until_accepted(len(load.accepted) + 40)
-    load.stop.set()
-    for t in threads:
-        t.join(20)
-
-    books = _books(db_sessions, load.accepted)
+    # SIGKILL to every web process: requests in flight die with them.
+    books, load = under_load(live.base_url, images, live.restart_web, db_sessions)
     assert books["lost"] == 0 and books["duplicates"] == 0
     assert books["completed"] == books["accepted"]
     # Clients whose request died with the process got no answer (counted as status 0), never a wrong one;
@@ -191,26 +176,13 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 def test_redis_restarted_empty_under_load_loses_nothing(database_url, private_redis, db_engine, images,
                                                         db_sessions):
-    live = LiveStack(database_url, private_redis.url)
-    try:
-        live.start_web()
-        live.start_worker()
-        live.wait_for("/readyz")
-        load = Load(live.base_url, images)
-        threads = load.run()
-        load.wait_until_accepted(40)
-
+    def restart_redis_empty() -> None:
         private_redis.stop()  # queue, reserved messages and statuses: all gone
         time.sleep(2)  # the outage itself
         private_redis.start()
-        load.wait_until_accepted(len(load.accepted) + 40, timeout=45)
-        load.stop.set()
-        for t in threads:
-            t.join(20)
 
-        books = _books(db_sessions, load.accepted)
-    finally:
-        live.stop()
+    with running_stack(database_url, private_redis.url) as live:
+        books, load = under_load(live.base_url, images, restart_redis_empty, db_sessions, recovery_timeout=45)
 
     assert books["lost"] == 0 and books["duplicates"] == 0
     assert books["completed"] == books["accepted"]
@@ -234,27 +206,14 @@ def private_mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
 
 
 def test_database_away_for_10_seconds_loses_nothing_and_refuses_with_503(private_mariadb, redis_url, images):
-    live = LiveStack(private_mariadb.url, redis_url)
-    sessions = make_session_factory(make_engine(private_mariadb.url))
-    try:
-        live.start_web()
-        live.start_worker()
-        live.wait_for("/readyz")
-        load = Load(live.base_url, images)
-        threads = load.run()
-        load.wait_until_accepted(40)
-
+    def database_away_10_s() -> None:
         private_mariadb.stop()
         time.sleep(10)  # the outage itself
         private_mariadb.start()
-        load.wait_until_accepted(len(load.accepted) + 40, timeout=45)
-        load.stop.set()
-        for t in threads:
-            t.join(20)
 
-        books = _books(sessions, load.accepted)
-    finally:
-        live.stop()
+    sessions = make_session_factory(make_engine(private_mariadb.url))
+    with running_stack(private_mariadb.url, redis_url) as live:
+        books, load = under_load(live.base_url, images, database_away_10_s, sessions, recovery_timeout=45)
 
     assert books["lost"] == 0 and books["duplicates"] == 0
     assert books["completed"] == books["accepted"]

@@ -25,18 +25,19 @@ METADATA_FIELDS = {
 }
 
 
+def _quick_train(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
+    """Train on the offline MNIST copy into a fresh folder with these options; the saved model's path."""
+    if not OFFLINE_MNIST.is_dir():
+        pytest.fail(f"offline MNIST copy not found at {OFFLINE_MNIST} (expected ../shared beside the repo)")
+    output = tmp_path_factory.mktemp(name) / f"{name}.h5"
+    assert main(["--data", str(OFFLINE_MNIST), *args, "--output", str(output)]) == 0
+    return output
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Train once for the module: 3,000 images, 1 epoch (a few seconds on 2 cores)."""
-    if not OFFLINE_MNIST.is_dir():
-        pytest.fail(f"offline MNIST copy not found at {OFFLINE_MNIST} (expected ../shared beside the repo)")
-    output = tmp_path_factory.mktemp("model") / "m.h5"
-    rc = main([
-        "--data", str(OFFLINE_MNIST), "--limit", "3000", "--epochs", "1",
-        "--min-accuracy", "0.80", "--output", str(output),
-    ])
-    assert rc == 0
-    return output
+    return _quick_train(tmp_path_factory, "m", "--limit", "3000", "--epochs", "1", "--min-accuracy", "0.80")
 
 
 def test_model_file_has_the_seed_architecture(trained: Path) -> None:
@@ -97,16 +98,9 @@ def test_script_runs_as_a_file() -> None:
 @pytest.fixture(scope="module")
 def trained_strong(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The strong architecture, briefly: 2,000 images, 1 epoch (a few seconds on 2 cores)."""
-    if not OFFLINE_MNIST.is_dir():
-        pytest.fail(f"offline MNIST copy not found at {OFFLINE_MNIST} (expected ../shared beside the repo)")
-    output = tmp_path_factory.mktemp("strong") / "s.h5"
     # Batch size 32: enough steps in one short epoch for the BatchNorm statistics to settle.
-    rc = main([
-        "--data", str(OFFLINE_MNIST), "--architecture", "strong", "--limit", "2000", "--epochs", "1",
-        "--batch-size", "32", "--min-accuracy", "0.5", "--output", str(output),
-    ])
-    assert rc == 0
-    return output
+    return _quick_train(tmp_path_factory, "s", "--architecture", "strong", "--limit", "2000", "--epochs", "1",
+                        "--batch-size", "32", "--min-accuracy", "0.5")
 
 
 def test_strong_model_loads_plainly_with_the_expected_structure(trained_strong: Path) -> None:
