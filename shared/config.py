@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(128, description="Most uploads in one model call and one database write")
     batch_max_wait_ms: float = Field(2.0, description="Longest a task waits for others to share its batch")
     log_level: str = Field("INFO", description="Python logging level")
+    log_format: str = Field("text", description="text (readable) or json (one object per line, with task ids)")
     prometheus_multiproc_dir: Path | None = Field(
         None, description="Shared folder for gunicorn workers' metrics (prometheus_client reads it too)")
     worker_metrics_port: int = Field(9808, description="Port of a worker's /metrics; 0 = none")

@@ -24,7 +24,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def main() -> int:
     """Entry point: migrate the configured database."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.database_url)
     log.info("database schema is up to date")
     return 0

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
     """Application factory: dependencies are passed in (tests) or built from the environment."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__, template_folder=str(REPO_ROOT / "templates"), static_folder="static")
     # Werkzeug refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

@@ -131,7 +131,7 @@ def predict() -> ResponseReturnValue:
 
     tasks = [{"task_id": r["task_id"], "status_url": _status_url(r["task_id"]), "filename": r["filename"]}
              for r in rows]
-    log.info("accepted %s", ", ".join(ids))
+    log.info("accepted %d upload(s): %s", len(ids), ", ".join(ids), extra={"task_ids": ids})
     g.accepted_uploads = len(ids)
     if len(tasks) == 1:
         body: dict[str, Any] = {"task_id": tasks[0]["task_id"], "status_url": tasks[0]["status_url"]}

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
 from prometheus_client import start_http_server
 
 from shared.config import get_settings
+from shared.logs import formatter
 from shared.queue import make_celery
 from shared.tasks import PREDICT_BATCH_TASK
 
@@ -27,6 +28,15 @@ app.conf.update(
     # Enough messages in hand to fill a batch; acks late, so a dying worker gives them back.
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
 )
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """LOG_FORMAT=json: Celery's handlers write JSON lines too (with task ids from our records)."""
+    if settings.log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(formatter("json"))
 
 
 def _warm_up(serve_metrics: bool) -> None:

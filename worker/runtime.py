@@ -43,6 +43,7 @@ class WorkerRuntime:
         docs = run_batch(task_ids, self.session_factory, self.predictor, self.name, imaging.preprocess)
         store_statuses(self.redis, docs.values(), self.settings.result_ttl_seconds)
         observe_batch(len(task_ids), time.perf_counter() - started, docs.values())
+        log.info("predicted %d upload(s)", len(docs), extra={"task_ids": list(docs), "batch_size": len(task_ids)})
         return docs
 
     def predict_one(self, task_id: str) -> dict[str, Any]:

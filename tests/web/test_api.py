@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import uuid
 
 import numpy as np
@@ -207,3 +208,13 @@ def test_uploads_beyond_the_rate_limit_get_429_with_retry_after(database_url, re
     assert refused.get_json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) > 0
     assert client.get("/healthz").status_code == 200  # only uploads are limited
+
+
+def test_accepting_logs_the_task_ids_for_following_an_upload(client, mnist, caplog):
+    logger = logging.getLogger("web.api")
+    logger.addHandler(caplog.handler)  # directly: create_app reconfigures the root logger's handlers
+    try:
+        task_id = _post(client, (png_bytes(mnist.x_test[0]), "d.png")).get_json()["task_id"]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any(getattr(r, "task_ids", None) == [task_id] for r in caplog.records)
