@@ -10,12 +10,12 @@ from celery import Celery
 from redis import Redis
 
 from shared.config import Settings
+from shared.schema import FINAL_STATES
 
 # Status documents live in Redis under the key Celery's Redis result backend would use, in its format,
 # so Celery tools can read them too; but the project writes them itself, a whole batch per round trip,
 # instead of one Celery result write per task.
 RESULT_KEY_PREFIX = "celery-task-meta-"
-FINAL = frozenset({"SUCCESS", "FAILURE"})
 
 
 def result_key(task_id: str) -> str:
@@ -27,7 +27,7 @@ def store_statuses(client: Redis, docs: Iterable[dict[str, Any]], ttl_seconds: i
     """Write status documents to Redis in one round trip, publishing final ones for waiting long polls."""
     pipe = client.pipeline(transaction=False)
     for doc in docs:
-        final = doc["state"] in FINAL
+        final = doc["state"] in FINAL_STATES
         key = result_key(doc["task_id"])
         value = json.dumps({"status": doc["state"] if final else "PENDING", "result": doc,
                             "task_id": doc["task_id"], "traceback": None, "children": []})

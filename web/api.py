@@ -169,21 +169,28 @@ MAX_PAGE = 1_000_000
 def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
     """The documents of known ids, held up to ?wait= seconds until all are final; 404 if any id is unknown."""
     wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
+    if wait <= 0:
+        return _known(task_ids)
     deadline = time.monotonic() + wait
     # Subscribe first, then read: a result stored in between still wakes us.
     with db.result_waiter().subscription(*task_ids) as finished:
         while True:
-            docs = _statuses(task_ids)
-            unknown = [t for t in task_ids if t not in docs]
-            if unknown:
-                raise ApiError(404, "not_found", f"No such task: {', '.join(unknown)}.")
-            pending = [t for t in task_ids if docs[t]["state"] not in FINAL_STATES]
+            docs = _known(task_ids)
             remaining = deadline - time.monotonic()
-            if not pending or remaining <= 0:
-                return [docs[t] for t in task_ids]
+            if all(d["state"] in FINAL_STATES for d in docs) or remaining <= 0:
+                return docs
             # Woken by a result's publication; re-read at least every second should pub/sub be down.
             finished.wait(min(remaining, 1.0))
             finished.clear()
+
+
+def _known(task_ids: list[str]) -> list[dict[str, Any]]:
+    """The documents of the ids, in order; 404 if any id is unknown."""
+    docs = _statuses(task_ids)
+    unknown = [t for t in task_ids if t not in docs]
+    if unknown:
+        raise ApiError(404, "not_found", f"No such task: {', '.join(unknown)}.")
+    return [docs[t] for t in task_ids]
 
 
 @bp.get("/tasks/<task_id>")

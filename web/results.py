@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.queue import FINAL, RESULT_KEY_PREFIX
+from shared.queue import RESULT_KEY_PREFIX
+from shared.schema import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class ResultWaiter:
                         status = json.loads(message["data"]).get("status")
                     except (ValueError, AttributeError):
                         continue
-                    if status in FINAL:
+                    if status in FINAL_STATES:
                         self._wake(channel.removeprefix(RESULT_KEY_PREFIX))
             except (RedisError, OSError) as exc:
                 # Waiters fall back to re-reading the state every second until this reconnects.

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from shared.db import session_scope
 from shared.imaging import ImageRejected
-from shared.schema import FINAL_STATES, Prediction, State, utcnow
+from shared.schema import FINAL_STATES, Prediction, State, status_document, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def run_batch(
         if row is None:
             # The web writes the row before it enqueues, so this is a message from elsewhere: report, don't crash.
             log.error("task %s has no row in the database; dropping it", task_id)
-            docs[task_id] = {"task_id": task_id, "state": State.FAILURE.value, "error": "unknown upload"}
+            docs[task_id] = status_document({"task_id": task_id, "state": State.FAILURE.value,
+                                             "error": "unknown upload"})
         elif row.state in FINAL_STATES:
             docs[task_id] = row.status_document()  # a redelivery: the answer is already stored
         else:
