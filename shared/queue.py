@@ -16,6 +16,9 @@ from shared.schema import FINAL_STATES
 # so Celery tools can read them too; but the project writes them itself, a whole batch per round trip,
 # instead of one Celery result write per task.
 RESULT_KEY_PREFIX = "celery-task-meta-"
+# Each worker process announces itself (name, model version, device) under this prefix, with a TTL
+# it keeps renewing, so the page can show the active model without asking the workers.
+WORKER_KEY_PREFIX = "digits:worker:"
 
 
 def result_key(task_id: str) -> str:
@@ -35,6 +38,29 @@ def store_statuses(client: Redis, docs: Iterable[dict[str, Any]], ttl_seconds: i
         if final:
             pipe.publish(key, value)
     pipe.execute()
+
+
+def announce_worker(client: Redis, queue: str, name: str, info: dict[str, Any], ttl_seconds: float) -> None:
+    """Record that a worker process serves this queue, until the TTL lapses without a renewal."""
+    client.set(f"{WORKER_KEY_PREFIX}{queue}:{name}", json.dumps(info), ex=max(1, round(ttl_seconds)))
+
+
+def withdraw_worker(client: Redis, queue: str, name: str) -> None:
+    """Forget a worker process at once (a clean shutdown)."""
+    client.delete(f"{WORKER_KEY_PREFIX}{queue}:{name}")
+
+
+def live_workers(client: Redis, queue: str) -> list[dict[str, Any]]:
+    """The announcements of the worker processes serving this queue now."""
+    keys = sorted(client.scan_iter(match=f"{WORKER_KEY_PREFIX}{queue}:*", count=500))
+    if not keys:
+        return []
+    return [json.loads(raw) for raw in client.mget(keys) if raw is not None]
+
+
+def queue_length(client: Redis, queue: str) -> int:
+    """Messages waiting on the queue (not yet reserved by a worker); a batch upload is one message."""
+    return int(client.llen(queue))
 
 
 def make_celery(settings: Settings, main: str = "digits") -> Celery:

@@ -1,4 +1,4 @@
-"""The JSON API: POST /predict, GET /tasks/<id>, GET /predictions."""
+"""The JSON API: POST /predict, GET /tasks/<id>, GET /predictions, GET /system."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, insert, select
 from werkzeug.datastructures import FileStorage
 
 from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image
-from shared.queue import result_key, store_statuses
+from shared.queue import live_workers, queue_length, result_key, store_statuses
 from shared.schema import FINAL_STATES, Prediction, State, status_document, utcnow
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from web import db
@@ -227,3 +227,25 @@ def predictions() -> ResponseReturnValue:
     ).all()
     items = [row.status_document() | {"filename": row.filename} for row in rows]
     return jsonify({"items": items, "page": page, "per_page": per_page, "total": total})
+
+
+@bp.get("/system")
+def system() -> ResponseReturnValue:
+    """What serves uploads now: live worker processes, their model versions, the queue's length, the limits."""
+    cfg = db.settings()
+    try:
+        client = db.redis_client()
+        workers = live_workers(client, cfg.queue_name)
+        waiting = queue_length(client, cfg.queue_name)
+    except (RedisError, OSError) as exc:
+        log.warning("system status: Redis unavailable: %s", exc)
+        raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
+    return jsonify({
+        "workers": len(workers),
+        # Several during a rolling update; the page shows them all.
+        "model_versions": sorted({w["model_version"] for w in workers if w.get("model_version")}),
+        "devices": sorted({w["device"] for w in workers if w.get("device")}),
+        "queue_length": waiting,
+        "max_upload_bytes": cfg.max_upload_bytes,
+        "max_files_per_request": cfg.max_files_per_request,
+    })

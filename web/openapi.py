@@ -84,6 +84,21 @@ SPEC: dict[str, Any] = {
                 "400": _error("Bad page parameters"),
                 "503": _error("Database unavailable"),
             }}},
+        "/system": {"get": {
+            "summary": "Live workers, their model versions, the queue's length and the upload limits",
+            "responses": {
+                "200": {"description": "What serves uploads now", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["workers", "model_versions", "devices", "queue_length", "max_upload_bytes",
+                                 "max_files_per_request"],
+                    "properties": {"workers": {"type": "integer", "minimum": 0},
+                                   "model_versions": {"type": "array", "items": {"type": "string"}},
+                                   "devices": {"type": "array", "items": {"type": "string"}},
+                                   "queue_length": {"type": "integer", "minimum": 0},
+                                   "max_upload_bytes": {"type": "integer"},
+                                   "max_files_per_request": {"type": "integer"}}}}}},
+                "503": _error("Queue unavailable"),
+            }}},
         "/healthz": {"get": {"summary": "The process serves", "responses": {"200": {"description": "Alive"}}}},
         "/readyz": {"get": {"summary": "Redis and the database answer",
                             "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from prometheus_client import start_http_server
 
 from shared.config import get_settings
@@ -39,9 +46,13 @@ def _log_format(logger: logging.Logger, **_: Any) -> None:
             handler.setFormatter(formatter("json"))
 
 
+_presence: list[Any] = []  # this process's Presence, once warmed up
+
+
 def _warm_up(serve_metrics: bool) -> None:
     # Imported here: a prefork parent must never load TensorFlow (its forked children would hang).
     from worker.metrics import MODEL
+    from worker.presence import Presence
     from worker.runtime import get_runtime
     from worker.sweeper import Sweeper
 
@@ -56,6 +67,10 @@ def _warm_up(serve_metrics: bool) -> None:
         except OSError as exc:  # a second worker on the same host: predictions matter more than metrics
             log.warning("worker metrics not served on port %d: %s", settings.worker_metrics_port, exc)
     Sweeper(runtime.session_factory, _enqueue_batch, runtime.redis, settings).start()
+    presence = Presence(runtime.redis, settings.queue_name, runtime.name, runtime.predictor.version,
+                        runtime.predictor.device)
+    presence.start()
+    _presence.append(presence)
 
 
 def _enqueue_batch(task_ids: Sequence[str]) -> None:
@@ -75,3 +90,11 @@ def _load_in_worker(sender: Any, **_: Any) -> None:
     pool_cls = sender.controller.pool_cls
     if not issubclass(pool_cls, PreforkPool):
         _warm_up(serve_metrics=True)
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _withdraw(**_: Any) -> None:
+    """A clean stop: the page stops counting this process at once instead of after the TTL."""
+    while _presence:
+        _presence.pop().stop()

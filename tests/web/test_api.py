@@ -13,6 +13,7 @@ import redis
 from sqlalchemy import select
 
 from shared.config import Settings
+from shared.queue import announce_worker, withdraw_worker
 from shared.schema import Prediction, State
 from tests.conftest import png_bytes
 from web import create_app
@@ -218,3 +219,32 @@ def test_accepting_logs_the_task_ids_for_following_an_upload(client, mnist, capl
     finally:
         logger.removeHandler(caplog.handler)
     assert any(getattr(r, "task_ids", None) == [task_id] for r in caplog.records)
+
+
+def test_system_reports_live_workers_their_models_and_the_queue(client, settings, mnist):
+    r = redis.Redis.from_url(settings.redis_url)
+    empty = client.get("/system").get_json()
+    assert empty["workers"] == 0 and empty["model_versions"] == [] and empty["queue_length"] == 0
+
+    announce_worker(r, settings.queue_name, "a:1", {"model_version": "seed-1", "device": "CPU:0"}, 30)
+    announce_worker(r, settings.queue_name, "b:2", {"model_version": "strong-2", "device": "CPU:0"}, 30)
+    announce_worker(r, "another-queue", "c:3", {"model_version": "other", "device": "GPU:0"}, 30)
+    _post(client, (png_bytes(mnist.x_test[0]), "seven.png"))
+    _post(client, (png_bytes(mnist.x_test[1]), "two.png"), (png_bytes(mnist.x_test[2]), "one.png"))
+
+    body = client.get("/system").get_json()
+    assert body["workers"] == 2  # only this queue's workers
+    assert body["model_versions"] == ["seed-1", "strong-2"]
+    assert body["devices"] == ["CPU:0"]
+    assert body["queue_length"] == 2  # messages: the two-file upload travels as one
+    assert body["max_upload_bytes"] == settings.max_upload_bytes
+
+    withdraw_worker(r, settings.queue_name, "b:2")
+    assert client.get("/system").get_json()["model_versions"] == ["seed-1"]
+
+
+def test_system_says_503_when_redis_is_away(settings, db_engine):
+    app = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    resp = app.test_client().get("/system")
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["code"] == "queue_unavailable"
