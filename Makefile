@@ -30,6 +30,8 @@ $(VENV)/.installed-dev: $(PY) $(wildcard requirements/*.txt)
 	$(PY) -m pip install -r requirements/dev.txt
 	@# kubectl (for kustomize) unless one with kustomize v5 is on PATH: see scripts/validate-k8s.sh
 	bash scripts/validate-k8s.sh install-kubectl
+	@# Debian's Chromium for tests/browser, unless there is one
+	bash scripts/ensure-chromium.sh
 	@touch $@ $(VENV)/.installed-local
 
 $(MODEL): | $(VENV)/.installed-local

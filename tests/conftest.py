@@ -27,13 +27,17 @@ MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 
 class TestServices(BaseSettings):
-    """Where the test services are: TEST_MYSQL_URL (a server URL with rights to create databases), TEST_REDIS_URL."""
+    """Where the test services are: TEST_MYSQL_URL (a server URL with rights to create databases), TEST_REDIS_URL,
+    TEST_CHROMIUM, TEST_SCREENSHOT_DIR."""
 
     __test__ = False  # not a test class, despite the name
     model_config = SettingsConfigDict(env_prefix="TEST_")
 
     mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306/"
     redis_url: str = "redis://127.0.0.1:6379/15"
+    # The browser tests drive this Chromium (Debian's package) and keep their screenshots here.
+    chromium: Path = Path("/usr/bin/chromium")
+    screenshot_dir: Path = REPO_ROOT / "var" / "screenshots"
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,17 @@ class LiveStack:
             time.sleep(0.2)
         raise AssertionError(f"{path} not answering after {timeout} s")
 
+    def wait_for_workers(self, count: int = 1, timeout: float = 90) -> None:
+        """Poll GET /system until this many worker processes have announced themselves (model loaded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.workers:
+                assert proc.poll() is None, f"worker exited with {proc.returncode}"
+            if requests.get(f"{self.base_url}/system", timeout=5).json()["workers"] >= count:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{count} worker(s) not ready after {timeout} s")
+
     def stop(self) -> None:
         """Stop every process (workers get a warm shutdown)."""
         for proc in [*self.workers, self.web]:

@@ -12,6 +12,7 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
-    """Upload page: pick or drop an image, watch it travel, see the digit."""
+    """The page: upload, paste or draw digits, watch each travel, see the answers and the history."""
     cfg = db.settings()
-    return render_template("index.html", max_upload_mib=cfg.max_upload_bytes // (1024 * 1024))
+    return render_template("index.html", max_upload_mib=cfg.max_upload_bytes // (1024 * 1024),
+                           max_files=cfg.max_files_per_request)

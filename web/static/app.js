@@ -1,34 +1,250 @@
-// Upload page: send the file, poll its status URL, show the digit. No framework, no CDN.
+// The page: upload, paste or draw digits; one card per image follows it through the queue. No framework, no CDN.
 "use strict";
 
-const form = document.getElementById("upload-form");
-const input = document.getElementById("file-input");
-const dropZone = document.getElementById("drop-zone");
-const preview = document.getElementById("preview");
-const submit = document.getElementById("submit");
-const result = document.getElementById("result");
-const statusLine = document.getElementById("status");
-const answer = document.getElementById("answer");
-const errorBox = document.getElementById("error");
+const $ = (id) => document.getElementById(id);
+const errorBox = $("error");
+const cardsList = $("cards");
+const cardTemplate = $("card-template");
 
-let chosen = null;
+const SLOW_AFTER_MS = 5000;   // a card still queued after this long says the queue is busy
+const LONG_POLL_S = 20;       // the server holds a status read up to this long (it allows 30)
+const MAX_IDS_PER_POLL = 100; // the API's limit for GET /tasks?ids=
+
+const system = { maxUploadBytes: 10 * 1024 * 1024, maxFiles: 16, queueLength: 0, workers: null };
 
 function showError(message) {
   errorBox.textContent = message;
-  errorBox.hidden = false;
+  errorBox.hidden = !message;
 }
 
-function choose(file) {
-  errorBox.hidden = true;
-  chosen = file || null;
-  submit.disabled = !chosen;
-  if (!chosen) { preview.hidden = true; return; }
-  document.getElementById("drop-text").textContent = chosen.name;
-  preview.src = URL.createObjectURL(chosen);
-  preview.hidden = false;
+function percent(p) {
+  return `${(p * 100).toFixed(1)}%`;
 }
 
-input.addEventListener("change", () => choose(input.files[0]));
+// ---- Messages for what the API refuses ----
+
+async function refusal(response) {
+  let message = "";
+  try {
+    const body = await response.json();
+    message = (body.error && body.error.message) || "";
+  } catch (_) { /* not JSON (a proxy's page): fall back to the status below */ }
+  if (response.status === 429) {
+    const wait = Number(response.headers.get("Retry-After"));
+    const when = wait > 0 ? `in ${wait} second${wait === 1 ? "" : "s"}` : "in a minute";
+    return `Too many uploads from your address: try again ${when}.`;
+  }
+  if (response.status === 503) {
+    return `${message || "The service is unavailable."} Nothing was kept; try again shortly.`;
+  }
+  if (response.status === 413 && !message) {
+    return `Too large: the most this service takes is ${mib(system.maxUploadBytes)} per image.`;
+  }
+  return message || `The server answered ${response.status} ${response.statusText}.`;
+}
+
+function mib(bytes) {
+  return `${Math.round(bytes / (1024 * 1024))} MiB`;
+}
+
+// ---- Cards ----
+
+class Card {
+  constructor(file) {
+    this.file = file;
+    this.taskId = null;
+    this.queuedAt = 0;
+    this.final = false;
+    this.node = cardTemplate.content.firstElementChild.cloneNode(true);
+    this.node.card = this;  // the poller finds the cards through the list's nodes
+    this.thumbUrl = URL.createObjectURL(file);
+    const thumb = this.node.querySelector(".thumb");
+    thumb.src = this.thumbUrl;
+    thumb.alt = `Thumbnail of ${file.name}`;
+    thumb.addEventListener("error", () => { thumb.hidden = true; }, { once: true });  // not an image
+    this.node.querySelector(".name").textContent = file.name;
+    this.setState("Uploading…", "uploading");
+  }
+
+  setState(text, kind) {
+    this.node.querySelector(".state").textContent = text;
+    this.node.dataset.state = kind;
+  }
+
+  fail(message) {
+    this.final = true;
+    this.setState("Not read", "error");
+    const box = this.node.querySelector(".card-error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  queued(taskId) {
+    this.taskId = taskId;
+    this.queuedAt = Date.now();
+    this.node.dataset.taskId = taskId;
+    this.setState("Queued…", "queued");
+  }
+
+  // Shows the status document from GET /tasks; true once the card is final.
+  update(doc) {
+    if (doc.state === "SUCCESS") {
+      this.showAnswer(doc);
+      return true;
+    }
+    if (doc.state === "FAILURE") {
+      this.fail(doc.error || "The image could not be read.");
+      return true;
+    }
+    if (doc.state === "STARTED") {
+      this.setState("Reading the digit…", "running");
+    } else if (Date.now() - this.queuedAt > SLOW_AFTER_MS) {
+      const ahead = system.queueLength > 0 ? ` (${system.queueLength} waiting)` : "";
+      const why = system.workers === 0 ? "no worker is running right now" : `the queue is busy${ahead}`;
+      this.setState(`Still queued: ${why}. The upload is kept and will be read.`, "slow");
+    }
+    return false;
+  }
+
+  showAnswer(doc) {
+    this.setState("Done", "done");
+    const answer = this.node.querySelector(".answer");
+    answer.querySelector(".digit").textContent = doc.digit;
+    answer.querySelector(".confidence").textContent = `${percent(doc.confidence)} sure`;
+    answer.querySelector(".model").textContent = doc.model_version || "unknown";
+    const bars = answer.querySelector(".bars");
+    bars.replaceChildren(...doc.probabilities.map((p, digit) => {
+      const li = document.createElement("li");
+      if (digit === doc.digit) li.className = "top";
+      const label = document.createElement("span");
+      label.textContent = digit;
+      const track = document.createElement("span");
+      track.className = "track";
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(p * 100, 0.5)}%`;  // CSSOM, which the CSP allows
+      track.append(bar);
+      const value = document.createElement("span");
+      value.textContent = percent(p);
+      li.append(label, track, value);
+      return li;
+    }));
+    answer.hidden = false;
+  }
+}
+
+// ---- Sending: one request per group of files (the batch path); a refusal is retried file by file ----
+
+async function post(files) {
+  const body = new FormData();
+  files.forEach((file) => body.append("file", file, file.name));
+  return fetch("/predict", { method: "POST", body });
+}
+
+async function send(cards) {
+  let response;
+  try {
+    response = await post(cards.map((c) => c.file));
+  } catch (_) {
+    cards.forEach((c) => c.fail("Could not reach the service: check your connection and try again."));
+    return;
+  }
+  if (response.status === 202) {
+    const accepted = await response.json();
+    const tasks = accepted.tasks || [accepted];
+    tasks.forEach((task, i) => cards[i].queued(task.task_id));
+    poller.wake();
+    return;
+  }
+  const message = await refusal(response);
+  // One bad file refuses the whole request: send the files alone so each card gets its own answer.
+  if (cards.length > 1 && [400, 413, 415].includes(response.status)) {
+    await Promise.all(cards.map((card) => send([card])));
+    return;
+  }
+  cards.forEach((c) => c.fail(message));
+}
+
+function submitFiles(fileList) {
+  const files = Array.from(fileList || []);
+  if (!files.length) return;
+  showError("");
+  const cards = files.map((file) => new Card(file));
+  cardsList.prepend(...cards.map((card) => card.node));  // newest upload on top, its files in order
+  $("no-results").hidden = true;
+  const ready = [];
+  cards.forEach((card) => {
+    const file = card.file;
+    // Checked here too, so a huge file is not sent only to be refused.
+    if (file.size > system.maxUploadBytes) {
+      card.fail(`'${file.name}' is larger than ${mib(system.maxUploadBytes)}, the most this service takes.`);
+    } else {
+      ready.push(card);
+    }
+  });
+  for (let i = 0; i < ready.length; i += system.maxFiles) send(ready.slice(i, i + system.maxFiles));
+}
+
+// ---- Waiting: one long poll for every queued card, restarted when new cards join ----
+
+const poller = {
+  running: false,
+  controller: null,
+
+  wake() {
+    if (this.controller) this.controller.abort();  // the running poll does not know the new ids
+    if (!this.running) this.run();
+  },
+
+  pending() {
+    return Array.from(cardsList.children)
+      .map((node) => node.card)
+      .filter((card) => card && card.taskId && !card.final);
+  },
+
+  async run() {
+    this.running = true;
+    let failures = 0;
+    try {
+      for (let pending = this.pending(); pending.length; pending = this.pending()) {
+        const batch = pending.slice(0, MAX_IDS_PER_POLL);
+        const slow = batch.some((card) => Date.now() - card.queuedAt > SLOW_AFTER_MS);
+        if (slow) await refreshSystem();
+        this.controller = new AbortController();
+        const ids = batch.map((card) => card.taskId).join(",");
+        // Short waits while a card may turn slow, so its message appears on time; long ones after.
+        const wait = slow ? LONG_POLL_S : Math.ceil(SLOW_AFTER_MS / 1000);
+        try {
+          const response = await fetch(`/tasks?ids=${ids}&wait=${wait}`,
+            { headers: { Accept: "application/json" }, signal: this.controller.signal });
+          if (!response.ok) throw new Error(await refusal(response));
+          const { tasks } = await response.json();
+          let finished = false;
+          tasks.forEach((doc, i) => {
+            if (batch[i].update(doc)) { batch[i].final = true; finished = true; }
+          });
+          if (finished) history.refreshSoon();
+          failures = 0;
+          showError("");
+        } catch (err) {
+          if (err.name === "AbortError") continue;
+          failures += 1;
+          showError(`Waiting for answers: ${err.message} Retrying…`);
+          await new Promise((resolve) => setTimeout(resolve, Math.min(1000 * 2 ** failures, 15000)));
+        }
+      }
+    } finally {
+      this.running = false;
+      this.controller = null;
+    }
+  },
+};
+
+// ---- Upload inputs: picker, drag and drop, paste ----
+
+const input = $("file-input");
+const dropZone = $("drop-zone");
+input.addEventListener("change", () => { submitFiles(input.files); input.value = ""; });
 ["dragenter", "dragover"].forEach((type) => dropZone.addEventListener(type, (event) => {
   event.preventDefault();
   dropZone.classList.add("dragging");
@@ -37,97 +253,144 @@ input.addEventListener("change", () => choose(input.files[0]));
   event.preventDefault();
   dropZone.classList.remove("dragging");
 }));
-dropZone.addEventListener("drop", (event) => choose(event.dataTransfer.files[0]));
-
-async function errorMessage(response) {
-  try {
-    const body = await response.json();
-    if (body.error && body.error.message) return body.error.message;
-  } catch (_) { /* not JSON: fall through to the status text */ }
-  return `The server answered ${response.status} ${response.statusText}.`;
-}
-
-function renderAnswer(doc) {
-  document.getElementById("digit").textContent = doc.digit;
-  document.getElementById("confidence").textContent = `(${(doc.confidence * 100).toFixed(1)}% sure)`;
-  document.getElementById("model-version").textContent = doc.model_version || "";
-  const bars = document.getElementById("bars");
-  bars.replaceChildren();
-  doc.probabilities.forEach((p, digit) => {
-    const li = document.createElement("li");
-    if (digit === doc.digit) li.className = "top";
-    const label = document.createElement("span");
-    label.textContent = digit;
-    const bar = document.createElement("span");
-    bar.className = "bar";
-    bar.style.width = `${Math.max(p * 100, 0.5)}%`;
-    const value = document.createElement("span");
-    value.textContent = `${(p * 100).toFixed(1)}%`;
-    li.append(label, bar, value);
-    bars.append(li);
-  });
-  answer.hidden = false;
-}
-
-const STATE_TEXT = { PENDING: "Queued…", STARTED: "Reading the digit…" };
-
-async function poll(statusUrl) {
-  let delay = 150;
-  const deadline = Date.now() + 120000;
-  while (Date.now() < deadline) {
-    const response = await fetch(statusUrl, { headers: { Accept: "application/json" } });
-    if (!response.ok) throw new Error(await errorMessage(response));
-    const doc = await response.json();
-    if (doc.state === "SUCCESS") { statusLine.textContent = "Done."; renderAnswer(doc); return; }
-    if (doc.state === "FAILURE") throw new Error(doc.error || "The image could not be read.");
-    statusLine.textContent = STATE_TEXT[doc.state] || doc.state;
-    await new Promise((resolve) => setTimeout(resolve, delay));
-    delay = Math.min(delay * 1.5, 2000);  // back off: a slow queue should not be hammered
-  }
-  throw new Error("No answer after two minutes; the queue may be very busy. The upload is kept: try the history later.");
-}
-
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  if (!chosen) return;
-  errorBox.hidden = true;
-  answer.hidden = true;
-  result.hidden = false;
-  statusLine.textContent = "Uploading…";
-  submit.disabled = true;
-  try {
-    const body = new FormData();
-    body.append("file", chosen);
-    const response = await fetch("/predict", { method: "POST", body });
-    if (response.status !== 202) throw new Error(await errorMessage(response));
-    const accepted = await response.json();
-    await poll(accepted.status_url);
-  } catch (err) {
-    statusLine.textContent = "";
-    showError(err.message);
-  } finally {
-    submit.disabled = !chosen;
-    loadHistory();
-  }
+dropZone.addEventListener("drop", (event) => submitFiles(event.dataTransfer.files));
+document.addEventListener("paste", (event) => {
+  const files = Array.from(event.clipboardData ? event.clipboardData.files : []);
+  if (files.length) { event.preventDefault(); submitFiles(files); }
 });
 
-async function loadHistory() {
-  const response = await fetch("/predictions?per_page=10");
-  if (!response.ok) return;
-  const page = await response.json();
-  const rows = page.items.map((item) => {
-    const tr = document.createElement("tr");
-    const cells = [
-      item.created_at ? new Date(item.created_at).toLocaleString() : "",
-      item.filename || "",
-      item.state,
-      item.digit ?? "",
-      item.confidence == null ? "" : `${(item.confidence * 100).toFixed(1)}%`,
-    ];
-    cells.forEach((text) => { const td = document.createElement("td"); td.textContent = text; tr.append(td); });
-    return tr;
-  });
-  document.querySelector("#history tbody").replaceChildren(...rows);
+// ---- Drawing pad: pointer events cover mouse, touch and pen ----
+
+const pad = $("pad");
+const ink = pad.getContext("2d");
+const padPredict = $("pad-predict");
+const padClear = $("pad-clear");
+let drawing = false;
+let drawn = 0;
+
+function clearPad() {
+  ink.fillStyle = "#fff";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  drawn = 0;
+  padPredict.disabled = true;
+  padClear.disabled = true;
 }
 
-loadHistory();
+function padPoint(event) {
+  const box = pad.getBoundingClientRect();  // the canvas may be drawn smaller than 280 px on a phone
+  return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing = true;
+  const [x, y] = padPoint(event);
+  ink.beginPath();
+  ink.moveTo(x, y);
+  ink.lineTo(x + 0.01, y);  // a tap leaves a dot
+  ink.stroke();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const [x, y] = padPoint(event);
+  ink.lineTo(x, y);
+  ink.stroke();
+  drawn += 1;
+  padPredict.disabled = false;
+  padClear.disabled = false;
+});
+["pointerup", "pointercancel"].forEach((type) => pad.addEventListener(type, () => { drawing = false; }));
+
+padClear.addEventListener("click", clearPad);
+padPredict.addEventListener("click", () => {
+  if (!drawn) return;
+  pad.toBlob((blob) => {
+    const stamp = new Date().toTimeString().slice(0, 8).replaceAll(":", "");
+    submitFiles([new File([blob], `drawing-${stamp}.png`, { type: "image/png" })]);
+    clearPad();
+  }, "image/png");
+});
+
+function setUpPad() {
+  ink.lineWidth = 22;  // about MNIST's stroke: 2.2 px of a 28 px digit
+  ink.lineCap = "round";
+  ink.lineJoin = "round";
+  ink.strokeStyle = "#000";
+  clearPad();
+}
+
+// ---- What serves uploads now ----
+
+async function refreshSystem() {
+  const line = $("system");
+  try {
+    const response = await fetch("/system", { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(await refusal(response));
+    const info = await response.json();
+    Object.assign(system, { maxUploadBytes: info.max_upload_bytes, maxFiles: info.max_files_per_request,
+                            queueLength: info.queue_length, workers: info.workers });
+    const waiting = info.queue_length ? `${info.queue_length} waiting in the queue` : "queue empty";
+    if (!info.workers) {
+      line.textContent = `No worker is running: uploads are kept and read when one starts (${waiting}).`;
+      line.dataset.level = "warn";
+    } else {
+      const models = info.model_versions.join(", ");
+      line.textContent = `Model ${models} · ${info.workers} worker${info.workers === 1 ? "" : "s"} · ${waiting}`;
+      line.dataset.level = info.queue_length > 100 ? "warn" : "ok";
+    }
+  } catch (err) {
+    line.textContent = `Service status unknown: ${err.message}`;
+    line.dataset.level = "warn";
+  }
+}
+
+// ---- History: the database's record, paged ----
+
+const history = {
+  page: 1,
+  perPage: 10,
+  timer: null,
+
+  refreshSoon() {  // many answers arrive together: one reload for all of them
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.load(), 300);
+  },
+
+  async load() {
+    let page;
+    try {
+      const response = await fetch(`/predictions?page=${this.page}&per_page=${this.perPage}`);
+      if (!response.ok) throw new Error(await refusal(response));
+      page = await response.json();
+    } catch (err) {
+      $("history-page").textContent = `History unavailable: ${err.message}`;
+      return;
+    }
+    const pages = Math.max(1, Math.ceil(page.total / page.per_page));
+    const rows = page.items.map((item) => {
+      const tr = document.createElement("tr");
+      [
+        item.created_at ? new Date(item.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "",
+        item.filename || "",
+        item.state,
+        item.digit ?? "",
+        item.confidence == null ? "" : percent(item.confidence),
+        item.model_version || "",
+      ].forEach((text) => { const td = document.createElement("td"); td.textContent = text; tr.append(td); });
+      return tr;
+    });
+    document.querySelector("#history tbody").replaceChildren(...rows);
+    $("history-page").textContent = page.total ? `Page ${page.page} of ${pages} (${page.total} in all)` : "Empty";
+    $("history-prev").disabled = this.page <= 1;
+    $("history-next").disabled = this.page >= pages;
+  },
+};
+
+$("history-prev").addEventListener("click", () => { history.page = Math.max(1, history.page - 1); history.load(); });
+$("history-next").addEventListener("click", () => { history.page += 1; history.load(); });
+
+setUpPad();
+refreshSystem();
+setInterval(refreshSystem, 15000);
+history.load();
