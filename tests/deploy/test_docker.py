@@ -6,6 +6,7 @@ a missing tool fails the test rather than skipping it. The real run is scripts/c
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ WEB_DOCKERFILE = REPO_ROOT / "docker" / "web.Dockerfile"
 WORKER_DOCKERFILE = REPO_ROOT / "docker" / "worker.Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_SMOKE = REPO_ROOT / "docker-compose.smoke.yml"
+PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
 # Variables that carry secrets: compose must take them from .env and refuse to start without them.
 SECRET_VARS = ("MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "FLOWER_BASIC_AUTH")
 LONG_RUNNING = ("mysql", "redis", "web", "worker", "flower")
@@ -177,7 +179,8 @@ def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
 # --- docker-compose.yml --------------------------------------------------------------------------------------------
 
 def test_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"mysql", "redis", "trainer", "migrate", "web", "worker", "worker-gpu", "flower"}
+    assert set(services) == {"mysql", "redis", "trainer", "migrate", "web", "worker", "worker-gpu", "flower",
+                             "prometheus"}
     # One service builds each image; the others run it by name (built once per `up --build`).
     assert services["web"]["build"]["dockerfile"] == "docker/web.Dockerfile"
     assert services["worker"]["build"]["dockerfile"] == "docker/worker.Dockerfile"
@@ -288,3 +291,173 @@ def test_env_example_has_placeholders_only() -> None:
     for var in SECRET_VARS:
         assert var in values, f".env.example lacks {var}"
         assert values[var] in ("", "CHANGE_ME") or ":CHANGE_ME" in values[var], f".env.example: {var} is set"
+
+
+# --- Prometheus: docker-compose.yml's `monitoring` profile and deploy/prometheus.yml ---------------------------------
+
+# Scraped with many replicas (--scale): found by DNS, never named as one static target.
+SCALED = ("worker", "worker-gpu")
+# The keys deploy/prometheus.yml may use: a misspelt one fails here, as it would fail Prometheus' start. Add a key
+# after checking it in Prometheus' configuration reference (`promtool check config deploy/prometheus.yml`).
+PROMETHEUS_KEYS = {
+    "": {"global", "scrape_configs"},
+    "global": {"scrape_interval", "scrape_timeout", "evaluation_interval", "external_labels"},
+    "scrape_configs": {"job_name", "metrics_path", "scheme", "scrape_interval", "scrape_timeout", "static_configs",
+                       "dns_sd_configs", "relabel_configs", "metric_relabel_configs"},
+    "static_configs": {"targets", "labels"},
+    "dns_sd_configs": {"names", "type", "port", "refresh_interval"},
+}
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> dict[str, Any]:
+    return load_yaml(PROMETHEUS_CONFIG)
+
+
+def network_names(services: dict[str, Any]) -> dict[str, list[str]]:
+    """A name on the compose network -> the services that answer to it (their own names and network aliases)."""
+    names: dict[str, list[str]] = {name: [name] for name in services}
+    for name, service in services.items():
+        networks = service.get("networks") or {}
+        for network in networks.values() if isinstance(networks, dict) else []:
+            for alias in (network or {}).get("aliases", []):
+                names.setdefault(alias, []).append(name)
+    return names
+
+
+def container_ports(service: dict[str, Any]) -> set[int]:
+    """The ports a service's container opens to the compose network: `expose`, and the container side of `ports`."""
+    ports = {int(str(port)) for port in service.get("expose", [])}
+    ports |= {int(str(mapping).rsplit(":", 1)[-1].split("/")[0]) for mapping in service.get("ports", [])}
+    return ports
+
+
+def metrics_port(service: dict[str, Any]) -> int | None:
+    """Where the service's own process serves Prometheus metrics, from what configures that process; None: nowhere."""
+    image, command = service.get("image", ""), service.get("command")
+    if image.startswith("digits-worker") and command is None:  # the image's CMD: a Celery worker
+        default = Settings.model_fields["worker_metrics_port"].default
+        return int((service.get("environment") or {}).get("WORKER_METRICS_PORT", default))
+    if image.startswith("digits-web") and command is None:  # the image's CMD: gunicorn
+        bind = re.search(r'"--bind", "0\.0\.0\.0:(\d+)"', WEB_DOCKERFILE.read_text())
+        return int(bind.group(1)) if bind else None
+    if image.startswith("digits-web") and command[:3] == ["python", "-m", "worker.flower"]:
+        ports = [int(arg.split("=", 1)[1]) for arg in command if arg.startswith("--port=")]
+        return ports[-1] if ports else 5555
+    if image.startswith("prom/prometheus"):
+        return 9090
+    return None
+
+
+def scrape_targets(config: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
+    """(job, host, port, by DNS) for every target of every job."""
+    found = []
+    for job in config.get("scrape_configs", []):
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = str(target).rpartition(":")
+                found.append((job["job_name"], host, int(port), False))
+        for dns in job.get("dns_sd_configs", []):
+            found += [(job["job_name"], name, int(dns["port"]), True) for name in dns["names"]]
+    return found
+
+
+def scrape_problems(config: dict[str, Any], services: dict[str, Any]) -> list[str]:
+    """What is wrong with the scrape configuration against docker-compose.yml; empty when nothing is."""
+    sections: list[tuple[str, dict[str, Any]]] = [("", config), ("global", config.get("global", {}))]
+    for job in config.get("scrape_configs", []):
+        sections.append(("scrape_configs", job))
+        sections += [(kind, item) for kind in ("static_configs", "dns_sd_configs") for item in job.get(kind, [])]
+    problems = [f"unknown key {where}.{key}" for where, section in sections
+                for key in sorted(set(section) - PROMETHEUS_KEYS[where])]
+    jobs = [job["job_name"] for job in config.get("scrape_configs", [])]
+    if len(set(jobs)) != len(jobs):
+        problems.append(f"job names repeat: {jobs}")
+    for job in config.get("scrape_configs", []):
+        if job.get("metrics_path", "/metrics") != "/metrics":
+            problems.append(f"{job['job_name']}: metrics_path {job['metrics_path']!r}")
+        for dns in job.get("dns_sd_configs", []):
+            if dns.get("type") != "A":
+                problems.append(f"{job['job_name']}: dns_sd_configs type {dns.get('type')!r}, not A (compose's DNS)")
+    names = network_names(services)
+    covered = set()
+    for job, host, port, by_dns in scrape_targets(config):
+        # Prometheus' own job: the container itself.
+        targets = ["prometheus"] if host == "localhost" else names.get(host, [])
+        if not targets:
+            problems.append(f"{job}: {host} is no service (nor network alias) of docker-compose.yml")
+        for name in targets:
+            covered.add(name)
+            service = services[name]
+            if metrics_port(service) != port:
+                problems.append(f"{job}: {name} serves its metrics on {metrics_port(service)}, not {port}")
+            if port not in container_ports(service):
+                problems.append(f"{job}: {name} does not expose {port} (expose: or ports:)")
+            if name in SCALED and not by_dns:
+                problems.append(f"{job}: {name} scales; a static target reaches one replica, use dns_sd_configs")
+    serving = {name for name, service in services.items() if metrics_port(service) is not None
+               and service.get("restart") != "no"}
+    if serving - covered:
+        problems.append(f"services whose metrics no job scrapes: {sorted(serving - covered)}")
+    return problems
+
+
+def test_prometheus_scrapes_every_service_that_serves_metrics(prometheus: dict[str, Any],
+                                                              services: dict[str, Any]) -> None:
+    assert not scrape_problems(prometheus, services)
+    by_job = {job: (host, port) for job, host, port, _ in scrape_targets(prometheus)}
+    assert by_job == {"web": ("web", 80), "worker": ("worker", 9808), "flower": ("flower", 5555),
+                      "prometheus": ("localhost", 9090)}
+
+
+def test_the_scrape_check_catches_wrong_targets(prometheus: dict[str, Any], services: dict[str, Any]) -> None:
+    def broken(job_name: str, change) -> list[str]:
+        config = copy.deepcopy(prometheus)
+        (job,) = [job for job in config["scrape_configs"] if job["job_name"] == job_name]
+        change(job)
+        return scrape_problems(config, services)
+
+    assert broken("worker", lambda job: job["dns_sd_configs"][0].update(port=9809))
+    assert broken("worker", lambda job: job.update(static_configs=[{"targets": ["worker:9808"]}],
+                                                   dns_sd_configs=[]))
+    assert broken("web", lambda job: job["static_configs"][0].update(targets=["webb:80"]))
+    assert broken("web", lambda job: job["static_configs"][0].update(targets=["web:8000"]))
+    assert broken("flower", lambda job: job.update(metric_path="/metrics"))
+    assert broken("flower", lambda job: job.update(static_configs=[]))  # Flower no longer scraped
+    # A worker that stops serving on the scraped port.
+    moved = copy.deepcopy(services)
+    moved["worker"]["environment"]["WORKER_METRICS_PORT"] = "9900"
+    assert scrape_problems(prometheus, moved)
+
+
+def test_every_worker_serves_metrics_to_the_compose_network(services: dict[str, Any]) -> None:
+    names = network_names(services)
+    for name in SCALED:
+        worker = services[name]
+        port = metrics_port(worker)
+        assert port and port > 0, f"{name}: WORKER_METRICS_PORT=0 turns its metrics off"
+        assert worker["expose"] == [str(port)] and "ports" not in worker, "to the network, not the host"
+        assert name in names["worker"], f"{name} must answer to `worker`, the name Prometheus resolves"
+
+
+def test_prometheus_service_is_optional_pinned_and_reads_the_config(services: dict[str, Any]) -> None:
+    service = services["prometheus"]
+    assert service["profiles"] == ["monitoring"], "only with `docker compose --profile monitoring up`"
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", service["image"]), "a pinned version"
+    config_flag = [arg for arg in service["command"] if arg.startswith("--config.file=")]
+    assert config_flag, "the command names the configuration file"
+    mount = f"./{PROMETHEUS_CONFIG.relative_to(REPO_ROOT)}:{config_flag[0].split('=', 1)[1]}:ro"
+    assert mount in service["volumes"]
+    assert "prometheus-data:/prometheus" in service["volumes"]
+    assert service["ports"] == ["${PROMETHEUS_BIND:-127.0.0.1}:${PROMETHEUS_PORT:-9090}:9090"], "loopback by default"
+    # No credentials: Flower's /metrics needs none (tests/deploy/test_flower_metrics.py).
+    assert "environment" not in service
+
+
+def test_prometheus_config_holds_no_credentials(prometheus: dict[str, Any]) -> None:
+    def keys(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for value in node.values() for k in keys(value)}
+        return {k for value in node for k in keys(value)} if isinstance(node, list) else set()
+
+    assert not keys(prometheus) & {"basic_auth", "authorization", "oauth2", "bearer_token", "password"}

@@ -2,12 +2,14 @@
 
 `kubectl kustomize` renders k8s/ and each overlay; `kubernetes-validate --strict` checks the result against
 Kubernetes 1.30's schemas (unknown fields are errors). KEDA's custom resources are not in those schemas: they are
-validated with cloudcoil's KEDA models instead, unknown fields included. kubectl is found in the
-running virtualenv's bin/ (where `scripts/validate-k8s.sh install-kubectl` puts it) or PATH.
+validated with cloudcoil's models of their CRDs instead (KEDA's, and the Prometheus Operator's monitors),
+unknown fields included. kubectl is found in the running virtualenv's bin/ (where
+`scripts/validate-k8s.sh install-kubectl` puts it) or PATH.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -30,13 +32,23 @@ NAMESPACE = "digits"
 SECRET_NAME = "digits-secrets"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
 PLACEHOLDER = "CHANGE_ME"
-KUSTOMIZATIONS = {"base": K8S, "gpu": K8S / "overlays" / "gpu", "keda": K8S / "overlays" / "keda"}
+KUSTOMIZATIONS = {
+    "base": K8S,
+    "gpu": K8S / "overlays" / "gpu",
+    "keda": K8S / "overlays" / "keda",
+    "prometheus-operator": K8S / "overlays" / "prometheus-operator",
+}
 # The seed's files and the kinds that `kubectl apply -f` each of them creates.
 SEED_FILES = {
     "digit-prediction-app-deployment.yaml": ["Deployment", "Service"],
     "mysql-deployment.yaml": ["PersistentVolumeClaim", "Deployment", "Service"],
 }
 KEDA_GROUP = "keda.sh/"
+MONITORING_GROUP = "monitoring.coreos.com/"
+WEB_DOCKERFILE = REPO_ROOT / "docker" / "web.Dockerfile"
+# The Deployments whose pods serve Prometheus metrics, and the prometheus.io/* annotations that say where.
+SCRAPED = {"digits-web", "digits-worker", "digits-flower"}
+SCRAPE, SCRAPE_PORT, SCRAPE_PATH = "prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of")
 CLUSTER_SCOPED = {"Namespace"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
@@ -127,6 +139,10 @@ def _is_keda(doc: Doc) -> bool:
     return doc["apiVersion"].startswith(KEDA_GROUP)
 
 
+def _is_monitoring(doc: Doc) -> bool:
+    return doc["apiVersion"].startswith(MONITORING_GROUP)
+
+
 def _load(path: Path) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
@@ -198,7 +214,8 @@ def _secret_keys() -> set[str]:
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
 def test_renders_and_validates_against_kubernetes_schemas(render, name: str) -> None:
-    docs = [d for d in render(name) if not _is_keda(d)]
+    # Custom resources are checked against their own models and schemas below.
+    docs = [d for d in render(name) if not (_is_keda(d) or _is_monitoring(d))]
     assert docs
     result = _validate(docs)
     assert result.returncode == 0, f"kubernetes-validate rejected {name}:\n{result.stdout}{result.stderr}"
@@ -210,6 +227,20 @@ def test_validation_catches_a_misspelt_field(render) -> None:
     assert _validate(text).returncode != 0
 
 
+def _model_errors(doc: Doc, models: dict[str, Any]) -> list[str]:
+    """What a CRD's cloudcoil model refuses in a document: bad values, and unknown fields (lost in a round trip)."""
+    from pydantic import ValidationError
+
+    try:
+        model = models[doc["kind"]].model_validate(doc)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    # The models ignore unknown fields: a round trip that loses one means a typo.
+    if model.model_dump(by_alias=True, exclude_unset=True, mode="json") != doc:
+        return [f"unknown field in {doc['kind']}/{doc['metadata']['name']}"]
+    return []
+
+
 def test_keda_resources_validate_against_keda_models(render) -> None:
     try:
         from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
@@ -219,9 +250,7 @@ def test_keda_resources_validate_against_keda_models(render) -> None:
     keda = [d for d in render("keda") if _is_keda(d)]
     assert sorted(d["kind"] for d in keda) == ["ScaledObject", "TriggerAuthentication"]
     for doc in keda:
-        model = models[doc["kind"]].model_validate(doc)
-        # The models ignore unknown fields: a round trip that loses one means a typo.
-        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, f"unknown field in {doc}"
+        assert not _model_errors(doc, models)
     for name in ("base", "gpu"):
         assert not [d for d in render(name) if _is_keda(d)]
 
@@ -281,6 +310,160 @@ def test_gpu_overlay_puts_the_worker_on_a_gpu(render) -> None:
     assert not [c["name"] for c in others if "nvidia.com/gpu" in c["resources"].get("limits", {})]
     # The base stays on the CPU image.
     assert not _container(_one(render("base"), "Deployment", "digits-worker"), "worker")["image"].endswith(":gpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics: where Prometheus finds them
+
+
+def _template_labels(doc: Doc) -> dict[str, str]:
+    return doc["spec"]["template"]["metadata"]["labels"]
+
+
+def _template_annotations(doc: Doc) -> dict[str, str]:
+    return doc["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def _container_ports(doc: Doc) -> dict[str, int]:
+    """Name (or number, for an unnamed one) -> containerPort, over the pod's long-running containers."""
+    ports = {}
+    for c in _containers(_pod_spec(doc), init=False):
+        for p in c.get("ports", []):
+            ports[p.get("name", str(p["containerPort"]))] = p["containerPort"]
+    return ports
+
+
+def _scrape_problems(docs: tuple[Doc, ...] | list[Doc]) -> list[str]:
+    """What is wrong with the workloads' prometheus.io/* annotations; empty when every one points at a port."""
+    problems = []
+    for doc in _workloads(tuple(docs)):
+        where = doc["metadata"]["name"]
+        annotations = _template_annotations(doc)
+        if annotations.get(SCRAPE) != "true":
+            if any(key.startswith("prometheus.io/") for key in annotations):
+                problems.append(f"{where}: prometheus.io/* annotations without {SCRAPE}: \"true\"")
+            continue
+        port = annotations.get(SCRAPE_PORT, "")
+        declared = sorted(_container_ports(doc).values())
+        if not (isinstance(port, str) and port.isdigit() and int(port) in declared):
+            problems.append(f"{where}: {SCRAPE_PORT} {port!r} is not one of its containerPorts {declared}")
+        if annotations.get(SCRAPE_PATH) != "/metrics":
+            problems.append(f"{where}: {SCRAPE_PATH} is {annotations.get(SCRAPE_PATH)!r}, not /metrics")
+    return problems
+
+
+def _scraped(docs: tuple[Doc, ...]) -> set[str]:
+    return {d["metadata"]["name"] for d in _workloads(docs) if _template_annotations(d).get(SCRAPE) == "true"}
+
+
+def _scrape_port(docs: tuple[Doc, ...], deployment: str) -> int:
+    return int(_template_annotations(_one(docs, "Deployment", deployment))[SCRAPE_PORT])
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_scrape_annotations_point_at_declared_container_ports(render, name: str) -> None:
+    docs = render(name)
+    assert _scraped(docs) == SCRAPED
+    assert not _scrape_problems(docs)
+
+
+def test_scrape_annotation_check_catches_a_wrong_port(render) -> None:
+    docs = copy.deepcopy(list(render("base")))
+    (worker,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "digits-worker"]
+    _template_annotations(worker)[SCRAPE_PORT] = "9809"
+    assert [p for p in _scrape_problems(docs) if p.startswith("digits-worker:")]
+    # Or the port the annotation names is no longer declared.
+    docs = copy.deepcopy(list(render("base")))
+    (worker,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "digits-worker"]
+    del _container(worker, "worker")["ports"]
+    assert [p for p in _scrape_problems(docs) if p.startswith("digits-worker:")]
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_the_scraped_ports_are_where_the_processes_listen(render, name: str) -> None:
+    docs = render(name)
+    # The worker serves WORKER_METRICS_PORT (ConfigMap, not overridden), declared as its port `metrics`.
+    deployment = _one(docs, "Deployment", "digits-worker")
+    worker = _container(deployment, "worker")
+    assert _env_value(worker, "WORKER_METRICS_PORT") is None
+    metrics_port = int(_config(docs)["WORKER_METRICS_PORT"])
+    assert metrics_port > 0, "0 turns the workers' metrics off"
+    assert _container_ports(deployment)["metrics"] == metrics_port == _scrape_port(docs, "digits-worker")
+    # The web: gunicorn's --bind in the image's command (the Deployment does not replace it).
+    web = _container(_one(docs, "Deployment", "digits-web"), "web")
+    assert not _argv(web)
+    bind = re.search(r'"--bind", "0\.0\.0\.0:(\d+)"', WEB_DOCKERFILE.read_text())
+    assert bind, "the web image's CMD binds gunicorn on 0.0.0.0"
+    assert _container_ports(_one(docs, "Deployment", "digits-web"))["http"] == int(bind.group(1))
+    assert _scrape_port(docs, "digits-web") == int(bind.group(1))
+    # Flower: its --port option.
+    flower = _container(_one(docs, "Deployment", "digits-flower"), "flower")
+    assert f"--port={_scrape_port(docs, 'digits-flower')}" in _argv(flower)
+
+
+def test_monitors_validate_against_the_operators_models(render) -> None:
+    try:
+        from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
+    except ImportError:  # pragma: no cover - the dev requirements install it
+        pytest.fail("cloudcoil-models-prometheus-operator is missing: pip install -r requirements/dev.txt",
+                    pytrace=False)
+    models = {"PodMonitor": PodMonitor, "ServiceMonitor": ServiceMonitor}
+    monitors = [d for d in render("prometheus-operator") if _is_monitoring(d)]
+    assert sorted(d["kind"] for d in monitors) == ["PodMonitor", "ServiceMonitor", "ServiceMonitor"]
+    for doc in monitors:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        assert not _model_errors(doc, models), _model_errors(doc, models)
+    # The check is strict: a misspelt field or a missing selector fails it.
+    pod_monitor = copy.deepcopy(next(d for d in monitors if d["kind"] == "PodMonitor"))
+    pod_monitor["spec"]["podMetricsEndpoint"] = pod_monitor["spec"].pop("podMetricsEndpoints")
+    assert _model_errors(pod_monitor, models)
+    service_monitor = copy.deepcopy(next(d for d in monitors if d["kind"] == "ServiceMonitor"))
+    del service_monitor["spec"]["selector"]
+    assert _model_errors(service_monitor, models)
+    for name in ("base", "gpu", "keda"):
+        assert not [d for d in render(name) if _is_monitoring(d)]
+
+
+def test_prometheus_operator_overlay_adds_only_monitors(render) -> None:
+    def names(docs: tuple[Doc, ...]) -> set[tuple[str, str]]:
+        return {(d["kind"], d["metadata"]["name"]) for d in docs if not _is_monitoring(d)}
+
+    assert names(render("prometheus-operator")) == names(render("base"))
+    assert _find(render("prometheus-operator"), "HorizontalPodAutoscaler")
+
+
+def _selected_deployment(docs: tuple[Doc, ...], selector: dict[str, str]) -> Doc:
+    """The one Deployment whose pods the selector picks."""
+    (found,) = [d for d in _find(docs, "Deployment") if selector.items() <= _template_labels(d).items()]
+    return found
+
+
+def test_monitors_scrape_every_metrics_port_and_nothing_else(render) -> None:
+    docs = render("prometheus-operator")
+    covered = set()
+    for monitor in [d for d in docs if _is_monitoring(d)]:
+        where = f"{monitor['kind']}/{monitor['metadata']['name']}"
+        spec = monitor["spec"]
+        assert monitor["metadata"]["namespace"] == NAMESPACE and "namespaceSelector" not in spec, where
+        selector = spec["selector"]["matchLabels"]
+        if monitor["kind"] == "ServiceMonitor":
+            (service,) = [s for s in _find(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+            workload = _selected_deployment(docs, service["spec"]["selector"])
+            service_ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+            endpoints = spec["endpoints"]
+            # The Service's port by name, then its targetPort to the container's port.
+            ports = [_container_ports(workload)[service_ports[e["port"]]] for e in endpoints]
+        else:
+            workload = _selected_deployment(docs, selector)
+            endpoints = spec["podMetricsEndpoints"]
+            ports = [_container_ports(workload)[e["port"]] for e in endpoints]
+        name = workload["metadata"]["name"]
+        # Where the monitor scrapes is where the pod's annotations say the metrics are.
+        assert ports == [_scrape_port(docs, name)], where
+        assert [e["path"] for e in endpoints] == [_template_annotations(workload)[SCRAPE_PATH]], where
+        assert "basicAuth" not in endpoints[0], f"{where}: no credentials are needed (nor handed to Prometheus)"
+        covered.add(name)
+    assert covered == SCRAPED
 
 
 # ---------------------------------------------------------------------------------------------------------------
