@@ -90,6 +90,11 @@ def test_several_files_get_a_card_each_and_one_bad_file_spoils_none_of_the_other
     bad = cards.filter(has_text="empty.png")
     expect(bad).to_have_attribute("data-state", "error")
     expect(bad.locator(".card-error")).to_contain_text("is empty")
+    # The history reloads once answers arrive: the read files are in MySQL, the refused one is not.
+    history = page.locator("#history tbody")
+    for i in range(3):
+        expect(history.locator("tr", has_text=f"digit-{i}.png")).to_have_count(1)
+    expect(history.locator("tr", has_text="empty.png")).to_have_count(0)
     screenshot(page, "cards")
 
 
