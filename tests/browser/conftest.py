@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.conftest import TestServices
 from tests.stack import LiveStack, running_stack
@@ -50,12 +50,19 @@ def screenshot(services: TestServices, request: pytest.FixtureRequest) -> Callab
 
 
 def open_page(browser: Browser, base_url: str, **context_args) -> tuple[Page, list[str]]:
-    """A fresh page on the app, and the list that collects its console errors and uncaught exceptions."""
+    """A fresh page on the app, and the list that collects its console errors, uncaught exceptions and
+    requests to anywhere but the app (the page must work without any CDN)."""
     context = browser.new_context(base_url=base_url, **context_args)
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: problems.append(str(exc)))
+
+    def elsewhere(request: Request) -> None:
+        if not request.url.startswith((f"{base_url}/", "blob:", "data:")):
+            problems.append(f"request to another origin: {request.url}")
+
+    page.on("request", elsewhere)
     page.goto("/")
     return page, problems
 
