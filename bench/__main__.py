@@ -121,8 +121,9 @@ def bench_pipeline(args: argparse.Namespace, bench: BenchSettings, samples: list
     """The pipeline: gunicorn + one micro-batching Celery worker; single uploads then the batch path."""
     reset_services(bench)
     # All the load comes from one address: no per-client rate limit.
+    # Every gunicorn thread may hold a long poll (the default keeps some free for other requests).
     env = child_environment(REDIS_URL=bench.redis_url, DATABASE_URL=bench.database_url, LOG_LEVEL="WARNING",
-                            RATE_LIMIT="")
+                            RATE_LIMIT="", MAX_LONG_POLLS=str(args.web_threads))
     port = free_port()
     stack = Stack()
     python = sys.executable

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ def predict(base_url: str, paths: Sequence[Path], wait: float = 10) -> list[tupl
             continue
         status_url = answer["status_url"]
         while True:
+            asked = time.monotonic()
             status, docs = _call(f"{base_url}{status_url}{'&' if '?' in status_url else '?'}wait={wait}")
             if status != 200:
                 results += [(p, docs) for p in chunk]
@@ -58,6 +60,8 @@ def predict(base_url: str, paths: Sequence[Path], wait: float = 10) -> list[tupl
             if all(d["state"] in ("SUCCESS", "FAILURE") for d in docs_list):
                 results += list(zip(chunk, docs_list, strict=True))
                 break
+            if time.monotonic() - asked < 1:  # the server could not hold the request: do not spin
+                time.sleep(1)
     return results
 
 

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # Uploads: refused with a clear 4xx when over these limits.
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted file, in bytes")
     max_files_per_request: int = Field(16, description="Most files in one POST /predict")
+    max_long_polls: int = Field(
+        6, description="Requests per web process that may wait (?wait=) at once, each holding a thread; "
+                       "more are answered at once. Keep it below gunicorn's --threads")
     max_image_pixels: int = Field(40_000_000, description="Largest accepted width x height")
     max_image_side: int = Field(12_000, description="Longest accepted side, in pixels")
     min_image_side: int = Field(8, description="Shortest accepted side, in pixels")

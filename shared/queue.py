@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,9 +17,10 @@ from shared.schema import FINAL_STATES
 # so Celery tools can read them too; but the project writes them itself, a whole batch per round trip,
 # instead of one Celery result write per task.
 RESULT_KEY_PREFIX = "celery-task-meta-"
-# Each worker process announces itself (name, model version, device) under this prefix, with a TTL
-# it keeps renewing, so the page can show the active model without asking the workers.
-WORKER_KEY_PREFIX = "digits:worker:"
+# Each worker process announces itself (name, model version, device) in one hash per queue, with an
+# expiry time it keeps pushing back, so the page can show the active model without asking the workers;
+# one hash, so reading it costs one HGETALL however many results Redis holds.
+WORKERS_KEY_PREFIX = "digits:workers:"
 
 
 def result_key(task_id: str) -> str:
@@ -40,22 +42,39 @@ def store_statuses(client: Redis, docs: Iterable[dict[str, Any]], ttl_seconds: i
     pipe.execute()
 
 
+def _workers_key(queue: str) -> str:
+    return f"{WORKERS_KEY_PREFIX}{queue}"
+
+
 def announce_worker(client: Redis, queue: str, name: str, info: dict[str, Any], ttl_seconds: float) -> None:
-    """Record that a worker process serves this queue, until the TTL lapses without a renewal."""
-    client.set(f"{WORKER_KEY_PREFIX}{queue}:{name}", json.dumps(info), ex=max(1, round(ttl_seconds)))
+    """Record that a worker process serves this queue, until `ttl_seconds` pass without a renewal."""
+    entry = json.dumps({**info, "expires": time.time() + ttl_seconds})
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(_workers_key(queue), name, entry)
+    pipe.expire(_workers_key(queue), max(1, round(ttl_seconds)))  # the hash goes when its last worker does
+    pipe.execute()
 
 
 def withdraw_worker(client: Redis, queue: str, name: str) -> None:
     """Forget a worker process at once (a clean shutdown)."""
-    client.delete(f"{WORKER_KEY_PREFIX}{queue}:{name}")
+    client.hdel(_workers_key(queue), name)
 
 
 def live_workers(client: Redis, queue: str) -> list[dict[str, Any]]:
-    """The announcements of the worker processes serving this queue now."""
-    keys = sorted(client.scan_iter(match=f"{WORKER_KEY_PREFIX}{queue}:*", count=500))
-    if not keys:
-        return []
-    return [json.loads(raw) for raw in client.mget(keys) if raw is not None]
+    """The announcements of the worker processes serving this queue now (expired ones are removed)."""
+    now = time.time()
+    live: list[dict[str, Any]] = []
+    stale: list[bytes] = []
+    for name, raw in sorted(client.hgetall(_workers_key(queue)).items()):
+        info = json.loads(raw)
+        # Wall clocks of different hosts: a TTL of several renewal intervals absorbs their skew.
+        if info.pop("expires", 0) > now:
+            live.append(info)
+        else:
+            stale.append(name)
+    if stale:
+        client.hdel(_workers_key(queue), *stale)
+    return live
 
 
 def queue_length(client: Redis, queue: str) -> int:

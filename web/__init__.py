@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery or make_celery(settings, main="digits-web"),
         "redis": redis_client,
         # Its listener thread starts on the first long poll, inside the serving process.
-        "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)),
+        "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
+                                max_waiting=settings.max_long_polls),
     }
 
     from web import api, errors, headers, health, limits, metrics, openapi, pages

@@ -167,17 +167,23 @@ MAX_PAGE = 1_000_000
 
 
 def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
-    """The documents of known ids, held up to ?wait= seconds until all are final; 404 if any id is unknown."""
+    """The documents of known ids, held up to ?wait= seconds until all are final (or, with ?until=any, until
+    one is: a client lists the ones it has no answer for); 404 if any id is unknown."""
     wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
+    until = request.args.get("until", "all")
+    if until not in ("all", "any"):
+        raise ApiError(400, "bad_until", "until must be 'all' or 'any'.")
+    settled = any if until == "any" else all
     if wait <= 0:
         return _known(task_ids)
     deadline = time.monotonic() + wait
+    waiter = db.result_waiter()
     # Subscribe first, then read: a result stored in between still wakes us.
-    with db.result_waiter().subscription(*task_ids) as finished:
+    with waiter.slot() as may_wait, waiter.subscription(*task_ids) as finished:
         while True:
             docs = _known(task_ids)
             remaining = deadline - time.monotonic()
-            if all(d["state"] in FINAL_STATES for d in docs) or remaining <= 0:
+            if not may_wait or settled(d["state"] in FINAL_STATES for d in docs) or remaining <= 0:
                 return docs
             # Woken by a result's publication; re-read at least every second should pub/sub be down.
             finished.wait(min(remaining, 1.0))
@@ -203,7 +209,8 @@ def task_status(task_id: str) -> ResponseReturnValue:
 
 @bp.get("/tasks")
 def tasks_status() -> ResponseReturnValue:
-    """The states of several uploads (`?ids=a,b,c`, at most 100); `?wait=S` holds until all are final."""
+    """The states of several uploads (`?ids=a,b,c`, at most 100); `?wait=S` holds until all are final, or with
+    `&until=any` until one of them becomes final."""
     ids = [t for t in request.args.get("ids", "").split(",") if t]
     if not ids or len(ids) > MAX_IDS:
         raise ApiError(400, "bad_ids", f"Give between 1 and {MAX_IDS} task ids as ?ids=a,b,c.")

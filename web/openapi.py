@@ -23,6 +23,9 @@ UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 WAIT = {"name": "wait", "in": "query", "required": False,
         "description": "Hold the answer up to this many seconds until the task is final (long poll).",
         "schema": {"type": "number", "minimum": 0, "maximum": 30}}
+UNTIL = {"name": "until", "in": "query", "required": False,
+         "description": "With wait: `all` (default) holds until every task is final, `any` until one is.",
+         "schema": {"type": "string", "enum": ["all", "any"]}}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -57,14 +60,14 @@ SPEC: dict[str, Any] = {
             "summary": "The states of several uploads",
             "parameters": [{"name": "ids", "in": "query", "required": True,
                             "description": "Comma-separated task ids (at most 100)", "schema": {"type": "string"}},
-                           WAIT],
+                           WAIT, UNTIL],
             "responses": {
                 "200": {"description": "Their status documents, in the order asked",
                         "content": {"application/json": {"schema": {
                             "type": "object", "required": ["tasks"],
                             "properties": {"tasks": {"type": "array",
                                                      "items": {"$ref": "#/components/schemas/Status"}}}}}}},
-                "400": _error("No ids, or too many"),
+                "400": _error("No ids, or too many, or a bad `until`"),
                 "404": _error("An unknown id"),
                 "503": _error("Database unavailable"),
             }}},

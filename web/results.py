@@ -22,14 +22,30 @@ from shared.schema import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
+
 class ResultWaiter:
     """Per-process registry of requests waiting for a task's final result, fed by one pub/sub listener."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, max_waiting: int) -> None:
         self._client = client
         self._events: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._listener_pid: int | None = None
+        # A waiting request holds one of the process's few threads: past this many, answer at once.
+        self._slots = threading.BoundedSemaphore(max_waiting) if max_waiting > 0 else None
+
+    @contextmanager
+    def slot(self) -> Iterator[bool]:
+        """Whether this request may hold a long poll now (released when the block ends)."""
+        if self._slots is None:
+            yield False
+            return
+        taken = self._slots.acquire(blocking=False)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self._slots.release()
 
     @contextmanager
     def subscription(self, *task_ids: str) -> Iterator[threading.Event]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from shared.queue import live_workers
+from shared.queue import announce_worker, live_workers
 from worker.presence import TTL_SECONDS, Presence
 
 
@@ -16,11 +16,19 @@ def test_presence_announces_at_once_with_a_ttl_and_withdraws_on_stop(settings):
     try:
         [info] = live_workers(client, settings.queue_name)
         assert info["name"] == "host:42" and info["model_version"] == "abc123" and info["device"] == "CPU:0"
-        [key] = client.keys(f"*{settings.queue_name}:host:42")
-        assert 0 < client.ttl(key) <= TTL_SECONDS  # a killed worker disappears by itself
+        assert 0 < client.ttl(f"digits:workers:{settings.queue_name}") <= TTL_SECONDS
     finally:
         presence.stop()
     assert live_workers(client, settings.queue_name) == []
+
+
+def test_a_worker_that_stops_renewing_drops_out_by_itself(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    announce_worker(client, settings.queue_name, "killed:1", {"model_version": "v"}, ttl_seconds=-1)
+    announce_worker(client, settings.queue_name, "alive:2", {"model_version": "v"}, ttl_seconds=30)
+
+    assert [w["model_version"] for w in live_workers(client, settings.queue_name)] == ["v"]
+    assert client.hkeys(f"digits:workers:{settings.queue_name}") == [b"alive:2"]  # the stale entry is gone
 
 
 def test_presence_survives_redis_being_away(settings):

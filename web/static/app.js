@@ -54,6 +54,7 @@ class Card {
     this.file = file;
     this.taskId = null;
     this.queuedAt = 0;
+    this.askedAt = 0;
     this.final = false;
     this.node = cardTemplate.content.firstElementChild.cloneNode(true);
     this.node.card = this;  // the poller finds the cards through the list's nodes
@@ -61,14 +62,21 @@ class Card {
     const thumb = this.node.querySelector(".thumb");
     thumb.src = this.thumbUrl;
     thumb.alt = `Thumbnail of ${file.name}`;
-    thumb.addEventListener("error", () => { thumb.hidden = true; }, { once: true });  // not an image
+    // The decoded picture stays on screen: the blob can go. A file that is not an image shows none.
+    thumb.addEventListener("load", () => URL.revokeObjectURL(this.thumbUrl), { once: true });
+    thumb.addEventListener("error", () => { thumb.hidden = true; URL.revokeObjectURL(this.thumbUrl); }, { once: true });
     this.node.querySelector(".name").textContent = file.name;
     this.setState("Uploading…", "uploading");
   }
 
   setState(text, kind) {
-    this.node.querySelector(".state").textContent = text;
+    const line = this.node.querySelector(".state");
+    if (line.textContent !== text) line.textContent = text;  // a live region: announce changes only
     this.node.dataset.state = kind;
+  }
+
+  isSlow() {
+    return Date.now() - this.queuedAt > SLOW_AFTER_MS;
   }
 
   fail(message) {
@@ -89,6 +97,7 @@ class Card {
   // Shows the status document from GET /tasks; true once the card is final.
   update(doc) {
     if (doc.state === "SUCCESS") {
+      this.final = true;
       this.showAnswer(doc);
       return true;
     }
@@ -98,7 +107,7 @@ class Card {
     }
     if (doc.state === "STARTED") {
       this.setState("Reading the digit…", "running");
-    } else if (Date.now() - this.queuedAt > SLOW_AFTER_MS) {
+    } else if (this.isSlow()) {
       const ahead = system.queueLength > 0 ? ` (${system.queueLength} waiting)` : "";
       const why = system.workers === 0 ? "no worker is running right now" : `the queue is busy${ahead}`;
       this.setState(`Still queued: ${why}. The upload is kept and will be read.`, "slow");
@@ -107,7 +116,7 @@ class Card {
   }
 
   showAnswer(doc) {
-    this.setState("Done", "done");
+    this.setState(`Done: ${doc.digit}, ${percent(doc.confidence)} sure`, "done");
     const answer = this.node.querySelector(".answer");
     answer.querySelector(".digit").textContent = doc.digit;
     answer.querySelector(".confidence").textContent = `${percent(doc.confidence)} sure`;
@@ -150,8 +159,14 @@ async function send(cards) {
     return;
   }
   if (response.status === 202) {
-    const accepted = await response.json();
-    const tasks = accepted.tasks || [accepted];
+    let tasks;
+    try {
+      const accepted = await response.json();
+      tasks = accepted.tasks || [accepted];
+    } catch (_) {  // cut off, or a proxy's page: we cannot know the task ids
+      cards.forEach((c) => c.fail("The answer to the upload was cut off; check the history, or send it again."));
+      return;
+    }
     tasks.forEach((task, i) => cards[i].queued(task.task_id));
     poller.wake();
     return;
@@ -185,58 +200,76 @@ function submitFiles(fileList) {
   for (let i = 0; i < ready.length; i += system.maxFiles) send(ready.slice(i, i + system.maxFiles));
 }
 
-// ---- Waiting: one long poll for every queued card, restarted when new cards join ----
+// ---- Waiting: one long poll for the queued cards, returning as soon as any of them is final ----
+
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const poller = {
   running: false,
   controller: null,
 
-  wake() {
-    if (this.controller) this.controller.abort();  // the running poll does not know the new ids
+  wake() {  // new cards: the running poll does not know their ids, so end it; the loop starts another
+    if (this.controller) this.controller.abort();
     if (!this.running) this.run();
   },
 
-  pending() {
+  pending() {  // the least recently asked first, so that more than 100 cards all get their turn
     return Array.from(cardsList.children)
       .map((node) => node.card)
-      .filter((card) => card && card.taskId && !card.final);
+      .filter((card) => card && card.taskId && !card.final)
+      .sort((a, b) => a.askedAt - b.askedAt);
   },
 
   async run() {
     this.running = true;
     let failures = 0;
     try {
-      for (let pending = this.pending(); pending.length; pending = this.pending()) {
-        const batch = pending.slice(0, MAX_IDS_PER_POLL);
-        const slow = batch.some((card) => Date.now() - card.queuedAt > SLOW_AFTER_MS);
-        if (slow) await refreshSystem();
-        this.controller = new AbortController();
-        const ids = batch.map((card) => card.taskId).join(",");
+      for (;;) {
+        if (this.pending().some((card) => card.isSlow())) await refreshSystem();
+        const batch = this.pending().slice(0, MAX_IDS_PER_POLL);  // read after every await: cards may have come
+        if (!batch.length) break;
+        const slow = batch.some((card) => card.isSlow());
         // Short waits while a card may turn slow, so its message appears on time; long ones after.
         const wait = slow ? LONG_POLL_S : Math.ceil(SLOW_AFTER_MS / 1000);
+        batch.forEach((card) => { card.askedAt = Date.now(); });
+        this.controller = new AbortController();
+        const asked = Date.now();
         try {
-          const response = await fetch(`/tasks?ids=${ids}&wait=${wait}`,
+          const ids = batch.map((card) => card.taskId).join(",");
+          const response = await fetch(`/tasks?ids=${ids}&wait=${wait}&until=any`,
             { headers: { Accept: "application/json" }, signal: this.controller.signal });
+          if (response.status === 404) {
+            await this.dropUnknown(batch);
+            continue;
+          }
           if (!response.ok) throw new Error(await refusal(response));
           const { tasks } = await response.json();
           let finished = false;
-          tasks.forEach((doc, i) => {
-            if (batch[i].update(doc)) { batch[i].final = true; finished = true; }
-          });
+          tasks.forEach((doc, i) => { finished = batch[i].update(doc) || finished; });
           if (finished) history.refreshSoon();
           failures = 0;
           showError("");
+          // Answered at once with nothing new: the server had no thread to hold us. Don't spin.
+          if (!finished && Date.now() - asked < 1000) await pause(1000);
         } catch (err) {
           if (err.name === "AbortError") continue;
           failures += 1;
-          showError(`Waiting for answers: ${err.message} Retrying…`);
-          await new Promise((resolve) => setTimeout(resolve, Math.min(1000 * 2 ** failures, 15000)));
+          showError(`Waiting for answers: ${err.message || "the connection failed."} Retrying…`);
+          await pause(Math.min(1000 * 2 ** failures, 15000));
+        } finally {
+          this.controller = null;
         }
       }
     } finally {
       this.running = false;
-      this.controller = null;
     }
+  },
+
+  async dropUnknown(batch) {  // some id is unknown (the database was reset?): find which, stop asking for it
+    await Promise.all(batch.map(async (card) => {
+      const response = await fetch(`/tasks/${card.taskId}`, { headers: { Accept: "application/json" } });
+      if (response.status === 404) card.fail("The service no longer knows this upload; please send it again.");
+    }));
   },
 };
 
@@ -254,6 +287,12 @@ input.addEventListener("change", () => { submitFiles(input.files); input.value =
   dropZone.classList.remove("dragging");
 }));
 dropZone.addEventListener("drop", (event) => submitFiles(event.dataTransfer.files));
+// A file dropped beside the zone would make the browser open it, losing every card: take it too.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => {
+  event.preventDefault();
+  if (!dropZone.contains(event.target)) submitFiles(event.dataTransfer.files);
+});
 document.addEventListener("paste", (event) => {
   const files = Array.from(event.clipboardData ? event.clipboardData.files : []);
   if (files.length) { event.preventDefault(); submitFiles(files); }
@@ -265,7 +304,7 @@ const pad = $("pad");
 const ink = pad.getContext("2d");
 const padPredict = $("pad-predict");
 const padClear = $("pad-clear");
-let drawing = false;
+let drawing = null;  // the pointer drawing now: a second finger must not join its stroke
 let drawn = 0;
 
 function clearPad() {
@@ -283,8 +322,9 @@ function padPoint(event) {
 
 pad.addEventListener("pointerdown", (event) => {
   event.preventDefault();
+  if (drawing !== null) return;
   pad.setPointerCapture(event.pointerId);
-  drawing = true;
+  drawing = event.pointerId;
   const [x, y] = padPoint(event);
   ink.beginPath();
   ink.moveTo(x, y);
@@ -292,7 +332,7 @@ pad.addEventListener("pointerdown", (event) => {
   ink.stroke();
 });
 pad.addEventListener("pointermove", (event) => {
-  if (!drawing) return;
+  if (event.pointerId !== drawing) return;
   const [x, y] = padPoint(event);
   ink.lineTo(x, y);
   ink.stroke();
@@ -300,7 +340,9 @@ pad.addEventListener("pointermove", (event) => {
   padPredict.disabled = false;
   padClear.disabled = false;
 });
-["pointerup", "pointercancel"].forEach((type) => pad.addEventListener(type, () => { drawing = false; }));
+["pointerup", "pointercancel"].forEach((type) => pad.addEventListener(type, (event) => {
+  if (event.pointerId === drawing) drawing = null;
+}));
 
 padClear.addEventListener("click", clearPad);
 padPredict.addEventListener("click", () => {
