@@ -120,6 +120,17 @@ def running_stack(database_url: str, redis_url: str, **worker_env: str) -> Itera
         stack.stop()
 
 
+@contextmanager
+def web_only_stack(database_url: str, redis_url: str) -> Iterator[LiveStack]:
+    """A web process and no worker (a test may start one), stopped afterwards."""
+    stack = LiveStack(database_url, redis_url)
+    try:
+        stack.start_web()
+        yield stack
+    finally:
+        stack.stop()
+
+
 class PrivateRedis:
     """A redis-server of the test's own (nothing on disk), so a test may restart it or lose its data."""
 

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import open_page, real_problems
 from tests.conftest import png_bytes
-from tests.stack import LiveStack
+from tests.stack import LiveStack, web_only_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -21,12 +21,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def idle_stack(database_url: str, redis_url: str) -> Iterator[LiveStack]:
     """A web tier whose queue has no worker yet (the test starts one)."""
-    live = LiveStack(database_url, redis_url)
-    try:
-        live.start_web()
+    with web_only_stack(database_url, redis_url) as live:
         yield live
-    finally:
-        live.stop()
 
 
 def test_a_slow_queue_is_shown_and_the_upload_is_read_once_a_worker_starts(browser, idle_stack, mnist, screenshot):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from tests.stack import LiveStack
+from tests.stack import LiveStack, web_only_stack
 from web.openapi import SPEC
 
 schema = schemathesis.openapi.from_dict(SPEC)
@@ -21,12 +21,8 @@ schema = schemathesis.openapi.from_dict(SPEC)
 @pytest.fixture(scope="module")
 def live_web(database_url: str, redis_url: str) -> Iterator[LiveStack]:
     """gunicorn only: uploads are queued for nobody, which is all the API promises."""
-    stack = LiveStack(database_url, redis_url)
-    try:
-        stack.start_web()
+    with web_only_stack(database_url, redis_url) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @schema.parametrize()
