@@ -178,16 +178,19 @@ def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
         return _known(task_ids)
     deadline = time.monotonic() + wait
     waiter = db.result_waiter()
-    # Subscribe first, then read: a result stored in between still wakes us.
-    with waiter.slot() as may_wait, waiter.subscription(*task_ids) as finished:
-        while True:
-            docs = _known(task_ids)
-            remaining = deadline - time.monotonic()
-            if not may_wait or settled(d["state"] in FINAL_STATES for d in docs) or remaining <= 0:
-                return docs
-            # Woken by a result's publication; re-read at least every second should pub/sub be down.
-            finished.wait(min(remaining, 1.0))
-            finished.clear()
+    with waiter.slot() as may_wait:
+        if not may_wait:  # every long-poll slot of this process is taken: answer now
+            return _known(task_ids)
+        # Subscribe first, then read: a result stored in between still wakes us.
+        with waiter.subscription(*task_ids) as finished:
+            while True:
+                docs = _known(task_ids)
+                remaining = deadline - time.monotonic()
+                if settled(d["state"] in FINAL_STATES for d in docs) or remaining <= 0:
+                    return docs
+                # Woken by a result's publication; re-read at least every second should pub/sub be down.
+                finished.wait(min(remaining, 1.0))
+                finished.clear()
 
 
 def _known(task_ids: list[str]) -> list[dict[str, Any]]:
