@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     rate_limit: str = Field("120/minute", description="Uploads per client on POST /predict; empty = no limit")
     trusted_proxies: int = Field(0, description="Reverse proxies in front of the web whose X-Forwarded-For to trust")
     queue_name: str = Field("digits", description="Celery queue the predictions travel on")
-    result_ttl_seconds: int = Field(24 * 3600, description="How long Redis keeps a finished result")
+    # Redis only caches final answers for the pollers (MySQL keeps every result): a few minutes is what the
+    # page and clients need, and it bounds Redis' memory to about rate x TTL x 0.5 KB.
+    result_ttl_seconds: int = Field(300, description="How long Redis caches a final status document, in seconds")
     worker_tf_threads: int = Field(0, description="TensorFlow intra-op threads per worker process; 0 = all cores")
     worker_pool: str = Field("threads", description="Celery pool: threads (micro-batched) or prefork")
     worker_concurrency: int = Field(32, description="Task threads per worker process (uploads in flight)")
@@ -46,9 +48,14 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = Field(
         None, description="Shared folder for gunicorn workers' metrics (prometheus_client reads it too)")
     worker_metrics_port: int = Field(9808, description="Port of a worker's /metrics; 0 = none")
-    sweep_interval_seconds: float = Field(30.0, description="How often one worker looks for lost uploads")
-    sweep_after_seconds: float = Field(60.0, description="A PENDING upload enqueued this long ago is re-enqueued")
-    max_attempts: int = Field(5, description="Enqueues before a never-finished upload ends as FAILURE")
+    sweep_interval_seconds: float = Field(30.0, description="How often one worker per queue looks for lost uploads")
+    sweep_after_seconds: float = Field(
+        60.0, description="How long a claim or a lost message may go unnoticed: a worker's lease on the uploads it "
+                          "started, and the age after which a message found nowhere in Redis counts as lost")
+    max_attempts: int = Field(5, description="Deliveries: workers that started an upload and died or timed out "
+                                             "before it ends as FAILURE (poison)")
+    admin_basic_auth: str | None = Field(
+        None, description="user:password that lists every visitor's uploads on GET /predictions; unset = nobody")
 
     @property
     def max_request_bytes(self) -> int:
@@ -71,10 +78,14 @@ class LocalRunSettings(BaseSettings):
 
 
 class FlowerSettings(BaseSettings):
-    """What `python -m worker.flower` reads: Flower's credentials, and whether this is a local run."""
+    """What `python -m worker.flower` reads: the broker, Flower's credentials, and whether this is a local run."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
+    redis_url: str = Field(description="The Celery broker Flower watches")
+    queue_name: str = Field("digits", description="Celery queue the predictions travel on")
+    # Flower keeps about 7 KB per task it remembers: 10,000 is ~70 MB, well inside its 512 Mi limit.
+    flower_max_tasks: int = Field(10_000, description="Tasks Flower keeps in memory (its default is 100,000)")
     flower_basic_auth: str | None = Field(None, description="user:password Flower asks for")
     flower_local_mode: bool = Field(False, description="Allow weak/example passwords (make run on one machine)")
 

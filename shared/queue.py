@@ -10,7 +10,6 @@ from typing import Any
 from celery import Celery
 from redis import Redis
 
-from shared.config import Settings
 from shared.schema import FINAL_STATES
 
 # Status documents live in Redis under the key Celery's Redis result backend would use, in its format,
@@ -82,19 +81,19 @@ def queue_length(client: Redis, queue: str) -> int:
     return int(client.llen(queue))
 
 
-def make_celery(settings: Settings, main: str = "digits") -> Celery:
+def make_celery(redis_url: str, queue_name: str, main: str = "digits") -> Celery:
     """A Celery app on Redis, configured so that an accepted task is not lost by a dying worker.
 
     No Celery result backend: tasks ignore their results and the worker stores status documents
     itself (store_statuses); with a backend, Celery would also subscribe every sender to every
     task's result channel.
     """
-    app = Celery(main, broker=settings.redis_url)
+    app = Celery(main, broker=redis_url)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        task_default_queue=settings.queue_name,
+        task_default_queue=queue_name,
         # Ack after the result is written, and give the task back if the worker process dies mid-way:
         # a redelivery is harmless because the database write is idempotent by task id.
         task_acks_late=True,

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "settings": settings,
         "engine": engine,
         "sessions": make_session_factory(engine),
-        "celery": celery or make_celery(settings, main="digits-web"),
+        "celery": celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web"),
         "redis": redis_client,
         # Its listener thread starts on the first long poll, inside the serving process.
         "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),

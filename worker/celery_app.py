@@ -25,7 +25,7 @@ from shared.tasks import PREDICT_BATCH_TASK
 log = logging.getLogger(__name__)
 
 settings = get_settings()
-app = make_celery(settings)
+app = make_celery(settings.redis_url, settings.queue_name)
 app.conf.update(
     include=["worker.tasks"],
     # Threads, not prefork: the tasks of one process meet in its micro-batcher (worker/batcher.py) and

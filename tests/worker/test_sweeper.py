@@ -23,7 +23,7 @@ NOW = utcnow()
 @pytest.fixture
 def run_sweep(settings: Settings, db_sessions):
     """One sweep at NOW through a real Celery producer; returns (result, messages queued)."""
-    producer = make_celery(settings)
+    producer = make_celery(settings.redis_url, settings.queue_name)
     client = redis.Redis.from_url(settings.redis_url)
 
     def enqueue(ids):
