@@ -125,3 +125,8 @@ def child_environment(**overrides: str) -> dict[str, str]:
 def quiet_tensorflow_logs() -> None:
     """Hide TensorFlow's C++ start-up chatter; must run before TensorFlow is first imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def expose_to_library(name: str, value: str) -> None:
+    """Hand a setting to a library that reads only its own environment variable (Flower's FLOWER_* options)."""
+    os.environ[name] = value

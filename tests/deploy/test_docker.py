@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.config import REPO_ROOT, Settings
+from shared.config import REPO_ROOT, FlowerSettings, Settings
 
 DOCKERFILES = sorted((REPO_ROOT / "docker").glob("*.Dockerfile"))
 WEB_DOCKERFILE = REPO_ROOT / "docker" / "web.Dockerfile"
@@ -25,6 +25,7 @@ WORKER_DOCKERFILE = REPO_ROOT / "docker" / "worker.Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_SMOKE = REPO_ROOT / "docker-compose.smoke.yml"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
+K8S_REDIS = REPO_ROOT / "k8s" / "base" / "redis.yaml"
 # Variables that carry secrets: compose must take them from .env and refuse to start without them.
 SECRET_VARS = ("MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "FLOWER_BASIC_AUTH")
 LONG_RUNNING = ("mysql", "redis", "web", "worker", "flower")
@@ -39,12 +40,25 @@ def tool(name: str) -> str:
     return found
 
 
-def load_yaml(path: Path) -> Any:
+def _yaml() -> Any:
     try:
         from ruamel.yaml import YAML  # installed with check-jsonschema (requirements/dev.txt)
     except ImportError:
         pytest.fail("ruamel.yaml is not installed: run `make test` (it installs requirements/dev.txt)", pytrace=False)
-    return YAML(typ="safe", pure=True).load(path.read_text())
+    return YAML(typ="safe", pure=True)
+
+
+def load_yaml(path: Path) -> Any:
+    return _yaml().load(path.read_text())
+
+
+def load_yaml_documents(path: Path) -> list[Any]:
+    return [doc for doc in _yaml().load_all(path.read_text()) if doc]
+
+
+def option(args: list[str], name: str) -> str:
+    """The value after `name` in an argument list (`--flag value`)."""
+    return str(args[args.index(name) + 1])
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +247,21 @@ def test_web_and_flower(services: dict[str, Any]) -> None:
     assert flower["ports"][0].endswith(":5555")
 
 
+def test_flower_gets_only_what_it_needs(services: dict[str, Any]) -> None:
+    flower = services["flower"]
+    env = flower["environment"]
+    # The broker and the credentials: no database URL, no MySQL password, nothing Flower does not read.
+    assert set(env) == {"REDIS_URL", "FLOWER_BASIC_AUTH"}, set(env)
+    assert {key.upper() for key in env} <= {name.upper() for name in FlowerSettings.model_fields}
+    assert env["REDIS_URL"] == services["web"]["environment"]["REDIS_URL"]
+    assert not [key for key in env if "DATABASE" in key or "MYSQL" in key]
+    assert "MYSQL_PASSWORD" not in str(env) and "DATABASE_URL" not in str(env)
+    # No credential in the command (`ps` shows it): Flower reads FLOWER_BASIC_AUTH from its environment.
+    command = " ".join(flower["command"])
+    assert not re.search(r"auth|FLOWER_BASIC|PASSWORD|\$", command, re.I), command
+    assert "entrypoint" not in flower
+
+
 def test_trainer_and_migrate(services: dict[str, Any]) -> None:
     trainer = services["trainer"]
     command = " ".join(trainer["command"])
@@ -248,8 +277,19 @@ def test_stateful_services(compose: dict[str, Any], services: dict[str, Any]) ->
     assert env["MARIADB_DATABASE"] == "digits" and env["MARIADB_USER"] == "digits"
     redis = services["redis"]
     assert redis["volumes"] == ["redis-data:/data"]
-    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert option(redis["command"], "--appendonly") == "yes"
     assert {"mysql-data", "redis-data", "models"} <= set(compose["volumes"])
+
+
+def test_redis_memory_is_capped_as_in_kubernetes(services: dict[str, Any]) -> None:
+    """When full, Redis evicts only keys with a TTL (status documents), never the queue (no TTL)."""
+    command = services["redis"]["command"]
+    assert option(command, "--maxmemory-policy") == "volatile-ttl"
+    assert re.fullmatch(r"\d+(mb|gb)", option(command, "--maxmemory")), option(command, "--maxmemory")
+    (k8s_redis,) = [doc for doc in load_yaml_documents(K8S_REDIS) if doc["kind"] == "Deployment"]
+    (container,) = k8s_redis["spec"]["template"]["spec"]["containers"]
+    for name in ("--maxmemory", "--maxmemory-policy"):
+        assert option(command, name) == option(container["args"], name), f"{name} differs from {K8S_REDIS.name}"
 
 
 def test_gpu_profile(services: dict[str, Any]) -> None:
@@ -263,9 +303,10 @@ def test_gpu_profile(services: dict[str, Any]) -> None:
 
 def test_app_environment_matches_settings(services: dict[str, Any]) -> None:
     known = {name.upper() for name in Settings.model_fields}
-    for name in ("web", "worker", "migrate", "flower"):
+    # Flower has its own settings (FlowerSettings): test_flower_gets_only_what_it_needs.
+    for name in ("web", "worker", "migrate"):
         env = services[name]["environment"]
-        app_vars = {key for key in env if not key.startswith("FLOWER_")}
+        app_vars = set(env)
         assert app_vars <= known, f"{name}: {app_vars - known} are not read by shared/config.py"
         assert env["REDIS_URL"] == "redis://redis:6379/0"
         assert env["DATABASE_URL"] == "mysql+pymysql://digits:${MYSQL_PASSWORD:?set MYSQL_PASSWORD in .env}" \

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.config import REPO_ROOT
+from shared.config import REPO_ROOT, FlowerSettings
 
 K8S = REPO_ROOT / "k8s"
 KUBE_VERSION = "1.30.0"
@@ -626,13 +626,39 @@ def test_the_app_uses_its_own_mysql_user(render) -> None:
     mysql = _container(_one(docs, "Deployment", "mysql"), "mysql")
     from_secret = {i["name"] for i in mysql["env"] if "secretKeyRef" in i.get("valueFrom", {})}
     assert {"MYSQL_ROOT_PASSWORD", "MYSQL_PASSWORD"} <= from_secret
-    for deployment in ("digits-web", "digits-worker", "digits-flower"):
+    for deployment in ("digits-web", "digits-worker"):
         (c,) = _pod_spec(_one(docs, "Deployment", deployment))["containers"]
         url = _env_value(c, "DATABASE_URL")
         assert url == "mysql+pymysql://$(MYSQL_USER):$(MYSQL_PASSWORD)@$(MYSQL_HOST):3306/$(MYSQL_DATABASE)"
         assert _env_value(c, "REDIS_URL") == "redis://:$(REDIS_PASSWORD)@$(REDIS_HOST):6379/0"
+    # Flower needs no database: test_flower_gets_only_what_it_needs.
+    (flower,) = _pod_spec(_one(docs, "Deployment", "digits-flower"))["containers"]
+    assert _env_value(flower, "REDIS_URL") == "redis://:$(REDIS_PASSWORD)@$(REDIS_HOST):6379/0"
     for host in (config["MYSQL_HOST"], config["REDIS_HOST"]):
         _one(docs, "Service", host)
+
+
+# What the Flower pod holds: FlowerSettings' variables, and the parts REDIS_URL is built from.
+FLOWER_ENV = {"REDIS_HOST", "QUEUE_NAME", "REDIS_PASSWORD", "REDIS_URL", "FLOWER_BASIC_AUTH"}
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_flower_gets_only_what_it_needs(render, name: str) -> None:
+    pod = _pod_spec(_one(render(name), "Deployment", "digits-flower"))
+    (flower,) = _containers(pod)
+    # No envFrom: the ConfigMap's other keys (and DATABASE_URL's parts) stay out of this pod.
+    assert "envFrom" not in flower
+    env = {item["name"]: item for item in flower["env"]}
+    assert set(env) == FLOWER_ENV, set(env)
+    assert {"REDIS_URL", "QUEUE_NAME", "FLOWER_BASIC_AUTH"} <= {n.upper() for n in FlowerSettings.model_fields}
+    assert "DATABASE_URL" not in env and not [key for key in env if key.startswith("MYSQL")]
+    assert env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": "FLOWER_BASIC_AUTH"}
+    for key in ("REDIS_HOST", "QUEUE_NAME"):
+        assert env[key]["valueFrom"]["configMapKeyRef"] == {"name": "digits-config", "key": key}
+    # No credential in the command line (`ps` shows it): Flower reads FLOWER_BASIC_AUTH from its environment.
+    argv = _argv(flower)
+    assert argv[:3] == ["python", "-m", "worker.flower"]
+    assert not [arg for arg in argv if re.search(r"auth|PASSWORD|\$\(", arg, re.I)], argv
 
 
 def test_redis_is_persistent_and_append_only(render) -> None:
@@ -641,6 +667,8 @@ def test_redis_is_persistent_and_append_only(render) -> None:
     redis = _container(deployment, "redis")
     args = redis["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    # When full, evict only keys with a TTL (status documents), never the queue (no TTL).
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl" and "--maxmemory" in args
     data_dir = args[args.index("--dir") + 1]
     (mount,) = [m for m in redis["volumeMounts"] if m["mountPath"] == data_dir]
     (volume,) = [v for v in _pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
