@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from shared.config import REPO_ROOT, LocalRunSettings, Settings, child_environment
@@ -44,7 +50,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            program = proc.args if isinstance(proc.args, str | bytes | os.PathLike) else proc.args[0]
+            raise SystemExit(f"{os.fsdecode(program)} {describe_exit(proc.returncode)} before listening on {port}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -52,28 +59,175 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
     raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
-class Stack:
-    """The child processes, stopped together."""
+# How `make run` restarts a child that died, as compose's `restart: unless-stopped` and Kubernetes' CrashLoopBackOff
+# do: one image that crashes a worker must not take the web down, and a child that cannot start must not spin.
+RESTART_DELAY_S = 1.0  # first back-off: a crash costs about a second, yet a crash loop cannot burn a core
+RESTART_DELAY_MAX_S = 30.0  # doubling stops here: a broken child is still retried twice a minute
+HEALTHY_AFTER_S = 60.0  # a child that lived this long was working: its next exit starts the back-off over
+# Exits in a row, each within HEALTHY_AFTER_S of a start: about 2.5 min of back-off in all, enough to ride out
+# a database or Redis restart, short enough that a setup that cannot work ends `make run` visibly.
+MAX_QUICK_EXITS = 10
 
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+@dataclass
+class RestartState:
+    """One child's exits since it last ran healthily."""
+
+    exits: int = 0  # sets the back-off: the first delay after the first exit, doubling after each further one
+    quick_exits: int = 0  # exits in a row, each within healthy_after of a start: the give-up count
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Exponential back-off between restarts, and when to give up; pure, the caller passes the time."""
+
+    first_delay: float = RESTART_DELAY_S
+    max_delay: float = RESTART_DELAY_MAX_S
+    healthy_after: float = HEALTHY_AFTER_S
+    max_quick_exits: int = MAX_QUICK_EXITS
+
+    def delay(self, exits: int) -> float:
+        """Seconds to wait before the restart that follows the n-th exit since the child last ran healthily."""
+        return min(self.max_delay, self.first_delay * 2 ** min(max(0, exits - 1), 32))
+
+    def record_exit(self, state: RestartState, started_at: float, now: float) -> float | None:
+        """Count an exit at `now` of a child started at `started_at`: the back-off before its restart, or None
+        to give up."""
+        if now - started_at >= self.healthy_after:
+            state.exits, state.quick_exits = 1, 0
+        else:
+            state.exits += 1
+            state.quick_exits += 1
+        if state.quick_exits >= self.max_quick_exits:
+            return None
+        return self.delay(state.exits)
+
+
+def describe_exit(returncode: int) -> str:
+    """How a process ended, e.g. 'exited with code 3' or 'killed by SIGKILL'."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+def kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what a dead child left behind in its session (gunicorn or Celery workers), as a container runtime
+    does when the container's main process exits."""
+    # start_new_session made the child a group leader; the group's id stays taken while members remain.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Child:
+    """One supervised process and what it takes to start it again."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    started_at: float
+    restarts: RestartState = field(default_factory=RestartState)
+    restart_at: float | None = None  # set while it is dead and waits out its back-off
+
+
+class Stack:
+    """The child processes: restarted when they die, stopped together."""
+
+    def __init__(self, policy: RestartPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy or RestartPolicy()
+        self.clock = clock
+        self.children: dict[str, Child] = {}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a supervise() in another thread never restarts a child stop() has passed
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The current process of each child, by name."""
+        return {name: child.proc for name, child in self.children.items()}
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        """Start one child in the repository root."""
+        """Start one child in the repository root, remembering how, to restart it."""
+        with self._lock:
+            proc = self._spawn(name, args, env)
+            self.children[name] = Child(name, list(args), dict(env), proc, self.clock())
+        return proc
+
+    @staticmethod
+    def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log.info("starting %s: %s", name, " ".join(args))
         # A session of its own: Ctrl-C reaches only this launcher, which then stops each child once, in order.
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, start_new_session=True)
-        self.procs[name] = proc
-        return proc
+        return subprocess.Popen(args, cwd=REPO_ROOT, env=env, start_new_session=True)
+
+    def supervise(self, poll_interval: float = 0.5) -> str | None:
+        """Restart children that exit until stop() is called (None) or one keeps failing (its name)."""
+        while not self._stopping.is_set():
+            with self._lock:
+                failing = self.check_children()
+            if failing is not None:
+                return failing
+            # Short interruptible waits (Ctrl-C stops at once), and a dead child is reaped within one interval.
+            self._stopping.wait(poll_interval)
+        return None
+
+    def check_children(self) -> str | None:
+        """One pass: reap and schedule the dead, restart those whose back-off is over; a child to give up on."""
+        now = self.clock()
+        for child in self.children.values():
+            if self._stopping.is_set():
+                return None
+            if child.restart_at is None:
+                code = child.proc.poll()  # reaps it: no zombie waits out the back-off
+                if code is not None:
+                    kill_leftovers(child.proc)
+                    reason = f"(pid {child.proc.pid}) {describe_exit(code)}"
+                    if not self._schedule_restart(child, reason, now, clean=code == 0):
+                        return child.name
+            elif now >= child.restart_at and not self._restart(child, now):
+                return child.name
+        return None
+
+    def _schedule_restart(self, child: Child, reason: str, now: float, clean: bool = False) -> bool:
+        """Log why the child died and when it comes back; False when it keeps failing."""
+        lived = now - child.started_at
+        delay = self.policy.record_exit(child.restarts, child.started_at, now)
+        if delay is None:
+            log.error("%s %s after %.1f s: %d exits in a row, each within %.0f s of its start", child.name,
+                      reason, lived, child.restarts.quick_exits, self.policy.healthy_after)
+            return False
+        log.log(logging.WARNING if clean else logging.ERROR, "%s %s after %.1f s; restarting it in %g s",
+                child.name, reason, lived, delay)
+        child.restart_at = now + delay
+        return True
+
+    def _restart(self, child: Child, now: float) -> bool:
+        """Start the child again with its arguments and environment; False when it keeps failing."""
+        child.restart_at = None
+        try:
+            proc = self._spawn(child.name, child.args, child.env)
+        except OSError as exc:  # e.g. the program vanished: a failed start counts as an exit
+            child.started_at = now
+            return self._schedule_restart(child, f"could not be started ({exc})", now)
+        child.proc, child.started_at = proc, now
+        return True
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM everything (workers finish their current task), then SIGKILL what is left or on a 2nd Ctrl-C."""
-        for proc in self.procs.values():
+        self._stopping.set()
+        with self._lock:
+            self._stop_all(grace)
+
+    def _stop_all(self, grace: float) -> None:
+        procs = self.procs
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + grace
         try:
-            for name, proc in self.procs.items():
+            for name, proc in procs.items():
                 try:
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
@@ -81,23 +235,54 @@ class Stack:
                     proc.kill()
         except KeyboardInterrupt:
             log.warning("interrupted again: killing everything now")
-        for proc in self.procs.values():
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
 
-    def wait_any(self) -> tuple[str, int]:
-        """Block until one child exits; its name and exit code."""
-        while True:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    return name, proc.returncode
-            time.sleep(0.5)
+
+def start_redis(stack: Stack, data_dir: Path) -> str:
+    """A throw-away redis-server on a free port; its URL."""
+    port = free_port()
+    proc = stack.start("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
+                       child_environment())
+    wait_for_port(port, proc)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_url: str) -> None:
+    """Migrate the database, start web, worker and Flower, and say where they are once they listen."""
+    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url)
+    # The other fields have defaults or come from the environment (mypy cannot see pydantic's defaults).
+    model_path = Settings(redis_url=redis_url, database_url=database_url).model_path  # type: ignore[call-arg]
+    if not model_path.exists():
+        raise SystemExit(f"No model at {model_path}: train it first with `make model`.")
+    upgrade(database_url)
+    flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
+    python = sys.executable
+    # gunicorn's workers add up their metrics through files in var/metrics (web/gunicorn_conf.py).
+    web_env = env | {"PROMETHEUS_MULTIPROC_DIR": str((local.data_dir / "metrics").resolve())}
+    web = stack.start("web", [python, "-m", "gunicorn", "-c", "python:web.gunicorn_conf",
+                              "--bind", f"127.0.0.1:{local.port}",
+                              "--workers", str(local.web_workers), "--worker-class", "gthread", "--threads", "8",
+                              "--access-logfile", "-", "web:create_app()"], web_env)
+    stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
+                           "--hostname", "worker@%h"], env)
+    flower = stack.start("flower", [python, "-m", "worker.flower", f"--port={local.flower_port}",
+                                    "--address=127.0.0.1"],
+                         env | {"FLOWER_BASIC_AUTH": flower_auth, "FLOWER_LOCAL_MODE": "1"})
+    wait_for_port(local.port, web)
+    wait_for_port(local.flower_port, flower)
+    log.info("web:    http://127.0.0.1:%d", local.port)
+    log.info("flower: http://127.0.0.1:%d (user %s, password %s)", local.flower_port, *flower_auth.split(":", 1))
+    log.info("redis:  %s   database: %s", redis_url, database_url.split("@")[-1])
 
 
 def main() -> int:
-    """Start everything, print where it is, and stop it all on Ctrl-C."""
-    local = LocalRunSettings()
+    """Start everything, print where it is, restart what dies, and stop it all on Ctrl-C or when a child keeps
+    dying."""
+    local = LocalRunSettings()  # type: ignore[call-arg]  # every field has a default or comes from the environment
     configure_logging()
     local.data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack()
@@ -109,42 +294,15 @@ def main() -> int:
     # Even when started in the background (where SIGINT arrives ignored), Ctrl-C / kill -INT means stop.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        redis_url = local.redis_url
-        if not redis_url:
-            port = free_port()
-            proc = stack.start("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                                         "--save", "", "--appendonly", "no", "--dir", str(local.data_dir)],
-                               child_environment())
-            wait_for_port(port, proc)
-            redis_url = f"redis://127.0.0.1:{port}/0"
+        redis_url = local.redis_url or start_redis(stack, local.data_dir)
         database_url = local.database_url or f"sqlite:///{(local.data_dir / 'digits.db').resolve()}"
-        env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url)
-
-        model_path = Settings(redis_url=redis_url, database_url=database_url).model_path
-        if not model_path.exists():
-            raise SystemExit(f"No model at {model_path}: train it first with `make model`.")
-        upgrade(database_url)
-        flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
-        python = sys.executable
-        # gunicorn's workers add up their metrics through files in var/metrics (web/gunicorn_conf.py).
-        web_env = env | {"PROMETHEUS_MULTIPROC_DIR": str((local.data_dir / "metrics").resolve())}
-        web = stack.start("web", [python, "-m", "gunicorn", "-c", "python:web.gunicorn_conf",
-                                  "--bind", f"127.0.0.1:{local.port}",
-                                  "--workers", str(local.web_workers), "--worker-class", "gthread", "--threads", "8",
-                                  "--access-logfile", "-", "web:create_app()"], web_env)
-        stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
-                               "--hostname", "worker@%h"], env)
-        flower = stack.start("flower", [python, "-m", "worker.flower", f"--port={local.flower_port}",
-                                        "--address=127.0.0.1"],
-                             env | {"FLOWER_BASIC_AUTH": flower_auth, "FLOWER_LOCAL_MODE": "1"})
-        wait_for_port(local.port, web)
-        wait_for_port(local.flower_port, flower)
-        log.info("web:    http://127.0.0.1:%d", local.port)
-        log.info("flower: http://127.0.0.1:%d (user %s, password %s)", local.flower_port, *flower_auth.split(":", 1))
-        log.info("redis:  %s   database: %s", redis_url, database_url.split("@")[-1])
+        start_app(stack, local, redis_url, database_url)
         log.info("press Ctrl-C to stop")
-        name, code = stack.wait_any()
-        log.error("%s exited with %s; stopping the rest", name, code)
+        failing = stack.supervise()
+        if failing is None:
+            return 0
+        log.error("giving up: %s keeps dying (%d times in a row, each within %.0f s of its start); "
+                  "stopping everything", failing, stack.policy.max_quick_exits, stack.policy.healthy_after)
         return 1
     except KeyboardInterrupt:
         log.info("stopping")
