@@ -4,41 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
 from redis import Redis
 
-from shared.schema import FINAL_STATES
-
-# Status documents live in Redis under the key Celery's Redis result backend would use, in its format,
-# so Celery tools can read them too; but the project writes them itself, a whole batch per round trip,
-# instead of one Celery result write per task.
-RESULT_KEY_PREFIX = "celery-task-meta-"
 # Each worker process announces itself (name, model version, device) in one hash per queue, with an
 # expiry time it keeps pushing back, so the page can show the active model without asking the workers;
 # one hash, so reading it costs one HGETALL however many results Redis holds.
 WORKERS_KEY_PREFIX = "digits:workers:"
-
-
-def result_key(task_id: str) -> str:
-    """The Redis key of a task's status document."""
-    return f"{RESULT_KEY_PREFIX}{task_id}"
-
-
-def store_statuses(client: Redis, docs: Iterable[dict[str, Any]], ttl_seconds: int) -> None:
-    """Write status documents to Redis in one round trip, publishing final ones for waiting long polls."""
-    pipe = client.pipeline(transaction=False)
-    for doc in docs:
-        final = doc["state"] in FINAL_STATES
-        key = result_key(doc["task_id"])
-        value = json.dumps({"status": doc["state"] if final else "PENDING", "result": doc,
-                            "task_id": doc["task_id"], "traceback": None, "children": []})
-        pipe.set(key, value, ex=ttl_seconds)
-        if final:
-            pipe.publish(key, value)
-    pipe.execute()
 
 
 def _workers_key(queue: str) -> str:
@@ -84,8 +58,8 @@ def queue_length(client: Redis, queue: str) -> int:
 def make_celery(redis_url: str, queue_name: str, main: str = "digits") -> Celery:
     """A Celery app on Redis, configured so that an accepted task is not lost by a dying worker.
 
-    No Celery result backend: tasks ignore their results and the worker stores status documents
-    itself (store_statuses); with a backend, Celery would also subscribe every sender to every
+    No Celery result backend: tasks ignore their results and the worker caches final status documents
+    itself (shared/statuses.py); with a backend, Celery would also subscribe every sender to every
     task's result channel.
     """
     app = Celery(main, broker=redis_url)

@@ -18,7 +18,11 @@ TIMESTAMP = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 class State(enum.StrEnum):
-    """Where a prediction is in its life; the same names Celery uses."""
+    """Where a prediction is in its life; only shared/predictions.py moves a row between them.
+
+    PENDING (recorded, a message on the queue) -> STARTED (claimed by a worker, under a lease it renews)
+    -> SUCCESS or FAILURE (final: never written again). An expired lease sends a row back to PENDING.
+    """
 
     PENDING = "PENDING"
     STARTED = "STARTED"
@@ -50,8 +54,11 @@ class Prediction(Base):
     # The unique task id is what makes a redelivered task harmless: it can never become a second row.
     __table_args__ = (
         UniqueConstraint("task_id", name="uq_predictions_task_id"),
-        # The sweeper's question: which PENDING rows were enqueued long ago?
-        Index("ix_predictions_state_enqueued_at", "state", "enqueued_at"),
+        # Recovery's questions, per queue: which PENDING rows were enqueued long ago, which claims expired?
+        Index("ix_predictions_queue_state_enqueued_at", "queue", "state", "enqueued_at"),
+        Index("ix_predictions_queue_state_lease", "queue", "state", "lease_expires_at"),
+        # A visitor's history: their rows, newest first.
+        Index("ix_predictions_owner_id", "owner", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -76,10 +83,17 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP, nullable=False, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
     finished_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
-    # When the task was last put on the queue, and how many times: the sweeper re-enqueues a PENDING
-    # row whose message was lost, and gives up (FAILURE) after too many attempts.
+    # The queue its messages travel on: recovery looks only at its own queue's rows.
+    queue: Mapped[str | None] = mapped_column(String(64))
+    # SHA-256 of the visitor's owner token (never the token itself); NULL = operators only.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    # When a message for it was last put on the queue.
     enqueued_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # Deliveries: how many times a worker claimed (started) it. Poison = MAX_ATTEMPTS claims, no answer.
+    deliveries: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # The current claim: a token that fences the claimant's final write, and when its lease runs out.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
     preprocess_ms: Mapped[float | None] = mapped_column(Double)
     inference_ms: Mapped[float | None] = mapped_column(Double)
     worker: Mapped[str | None] = mapped_column(String(255))

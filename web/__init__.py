@@ -42,12 +42,13 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
                                 max_waiting=settings.max_long_polls),
     }
 
-    from web import api, errors, headers, health, limits, metrics, openapi, pages
+    from web import api, errors, headers, health, limits, metrics, openapi, owner, pages
     from web.db import close_session
 
     app.teardown_appcontext(close_session)
     errors.register(app)
     headers.register(app)
+    owner.register(app)
     limits.register(app, settings)
     metrics.register(app)
     app.register_blueprint(pages.bp)

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import math
 import re
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 
-from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image
-from shared.queue import live_workers, queue_length, result_key, store_statuses
-from shared.schema import FINAL_STATES, Prediction, State, status_document, utcnow
-from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
+from shared import predictions
+from shared.config import Settings
+from shared.imaging import ImageLimits, ImageRejected, inspect_image
+from shared.queue import live_workers, queue_length
+from shared.schema import FINAL_STATES, Prediction
 from web import db
 from web.errors import ApiError
 from web.limits import limiter, upload_limit, uploads_unlimited
+from web.owner import current_or_new, is_operator, presented
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -34,18 +33,11 @@ MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "im
         "TIFF": "image/tiff"}
 # An image that cannot be read is a bad request; content that is not an image we take is an unsupported type.
 REJECTION_STATUS = {"not_an_image": 415, "unsupported_format": 415}
+# A broker hiccup is retried briefly before the upload is refused with a 503.
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
-@dataclass
-class Upload:
-    """A validated file, ready to be stored."""
-
-    filename: str | None
-    data: bytes
-    info: ImageInfo
-
-
-def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> Upload:
+def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> predictions.NewUpload:
     """Read one multipart file and check it is an image we can take, or raise ApiError."""
     name = (storage.filename or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or None
     label = f"'{name}'" if name else "The file"
@@ -58,7 +50,8 @@ def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> U
         info = inspect_image(data, limits)
     except ImageRejected as exc:
         raise ApiError(REJECTION_STATUS.get(exc.code, 400), exc.code, f"{label}: {exc}") from exc
-    return Upload(name, data, info)
+    return predictions.NewUpload(data=data, filename=name, content_type=MIME.get(info.format), width=info.width,
+                                 height=info.height)
 
 
 def _size(n: int) -> str:
@@ -78,6 +71,32 @@ def _status_url(task_id: str) -> str:
 def predict() -> ResponseReturnValue:
     """Validate, record (before answering) and enqueue one or several uploads; 202 with their task ids."""
     cfg = db.settings()
+    uploads = _read_uploads(cfg)
+    owner = current_or_new()
+    with db.engine().begin() as conn:  # recorded before anyone is told it was accepted: the row is the outbox
+        rows = predictions.record(conn, uploads, cfg.queue_name, owner)
+    ids = [row["task_id"] for row in rows]
+    try:
+        predictions.enqueue(db.celery(), cfg.queue_name, ids, RETRY_POLICY)
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        log.error("could not enqueue: %s", exc)
+        # Not queued, so not accepted: remove the rows so they never look like work in progress.
+        with db.engine().begin() as conn:
+            predictions.withdraw(conn, ids)
+        raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
+
+    log.info("accepted %d upload(s): %s", len(ids), ", ".join(ids), extra={"task_ids": ids})
+    g.accepted_uploads = len(ids)
+    if len(rows) == 1:
+        body: dict[str, Any] = {"task_id": ids[0], "status_url": _status_url(ids[0])}
+        return jsonify(body), 202, {"Location": body["status_url"]}
+    tasks = [{"task_id": r["task_id"], "status_url": _status_url(r["task_id"]), "filename": r["filename"]}
+             for r in rows]
+    return jsonify({"tasks": tasks, "status_url": url_for("api.tasks_status", ids=",".join(ids))}), 202
+
+
+def _read_uploads(cfg: Settings) -> list[predictions.NewUpload]:
+    """The request's files, each checked to be an image we can take, or an ApiError."""
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
                        "Send the image as multipart/form-data in a field named 'file'.")
@@ -88,77 +107,14 @@ def predict() -> ResponseReturnValue:
         raise ApiError(400, "too_many_files", f"At most {cfg.max_files_per_request} files per request.")
     limits = ImageLimits(max_pixels=cfg.max_image_pixels, max_side=cfg.max_image_side,
                          min_side=cfg.min_image_side)
-    uploads = [_read_upload(f, limits, cfg.max_upload_bytes) for f in files]
-
-    now = utcnow()
-    rows = [
-        {
-            "task_id": str(uuid.uuid4()),
-            "state": State.PENDING.value,
-            "image": u.data,
-            "image_sha256": hashlib.sha256(u.data).hexdigest(),
-            "filename": u.filename,
-            "content_type": MIME.get(u.info.format),
-            "size_bytes": len(u.data),
-            "width": u.info.width,
-            "height": u.info.height,
-            "created_at": now,
-            "enqueued_at": now,
-            "attempts": 1,
-        }
-        for u in uploads
-    ]
-    ids = [row["task_id"] for row in rows]
-    with db.engine().begin() as conn:  # recorded before anyone is told it was accepted: the row is the outbox
-        conn.execute(insert(Prediction.__table__), rows)
-    try:
-        # PENDING in Redis first, so status reads need no database; then the task (never the other way
-        # round, or a fast worker's answer could be overwritten by PENDING).
-        store_statuses(db.redis_client(), (status_document(row) for row in rows), cfg.result_ttl_seconds)
-        retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
-        if len(ids) == 1:
-            db.celery().send_task(PREDICT_TASK, args=[ids[0]], task_id=ids[0], queue=cfg.queue_name,
-                                  retry=True, retry_policy=retry_policy)
-        else:  # one message for the request: the worker predicts its files in one batch
-            db.celery().send_task(PREDICT_BATCH_TASK, args=[ids], queue=cfg.queue_name,
-                                  retry=True, retry_policy=retry_policy)
-    except (KombuOperationalError, RedisError, OSError) as exc:
-        log.error("could not enqueue: %s", exc)
-        # Not queued, so not accepted: remove the rows so they never look like work in progress.
-        with db.engine().begin() as conn:
-            conn.execute(delete(Prediction).where(Prediction.task_id.in_(ids)))
-        raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
-
-    tasks = [{"task_id": r["task_id"], "status_url": _status_url(r["task_id"]), "filename": r["filename"]}
-             for r in rows]
-    log.info("accepted %d upload(s): %s", len(ids), ", ".join(ids), extra={"task_ids": ids})
-    g.accepted_uploads = len(ids)
-    if len(tasks) == 1:
-        body: dict[str, Any] = {"task_id": tasks[0]["task_id"], "status_url": tasks[0]["status_url"]}
-        return jsonify(body), 202, {"Location": tasks[0]["status_url"]}
-    return jsonify({"tasks": tasks, "status_url": url_for("api.tasks_status", ids=",".join(ids))}), 202
+    return [_read_upload(f, limits, cfg.max_upload_bytes) for f in files]
 
 
 def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Status documents by id: Redis first (one MGET), the database for the rest; unknown ids are left out."""
-    docs: dict[str, dict[str, Any]] = {}
-    try:
-        cached = db.redis_client().mget([result_key(t) for t in task_ids])
-    except (RedisError, OSError) as exc:
-        log.warning("Redis unavailable, reading the database: %s", exc)
-        cached = [None] * len(task_ids)
-    for task_id, raw in zip(task_ids, cached, strict=True):
-        if raw is not None:
-            result = json.loads(raw).get("result")
-            if isinstance(result, dict) and result.get("task_id") == task_id:
-                docs[task_id] = result
-    missing = [t for t in task_ids if t not in docs]
-    if missing:
-        session = db.session()
-        session.rollback()  # a long poll must not keep reading one stale snapshot of the table
-        for row in session.scalars(select(Prediction).where(Prediction.task_id.in_(missing))):
-            docs[row.task_id] = row.status_document()
-    return docs
+    """Status documents by id (final ones from the Redis cache, the rest from MySQL); unknown ids left out."""
+    # A connection per read, so a long poll never keeps reading one stale snapshot of the table.
+    with db.engine().connect() as conn:
+        return predictions.read(conn, db.redis_client(), task_ids, db.settings().result_ttl_seconds)
 
 
 MAX_WAIT_SECONDS = 30.0
@@ -169,7 +125,7 @@ MAX_PAGE = 1_000_000
 def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
     """The documents of known ids, held up to ?wait= seconds until all are final (or, with ?until=any, until
     one is: a client lists the ones it has no answer for); 404 if any id is unknown."""
-    wait = min(max(request.args.get("wait", 0.0, type=float) or 0.0, 0.0), MAX_WAIT_SECONDS)
+    wait = _wait_seconds(request.args.get("wait"))
     until = request.args.get("until", "all")
     if until not in ("all", "any"):
         raise ApiError(400, "bad_until", "until must be 'all' or 'any'.")
@@ -191,6 +147,19 @@ def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
                 # Woken by a result's publication; re-read at least every second should pub/sub be down.
                 finished.wait(min(remaining, 1.0))
                 finished.clear()
+
+
+def _wait_seconds(raw: str | None) -> float:
+    """?wait= as seconds: a finite number from 0 to MAX_WAIT_SECONDS, else a 400 at once (nothing may spin)."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = math.nan
+    if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ApiError(400, "bad_wait", f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.")
+    return wait
 
 
 def _known(task_ids: list[str]) -> list[dict[str, Any]]:
@@ -224,16 +193,21 @@ def tasks_status() -> ResponseReturnValue:
 
 
 @bp.get("/predictions")
-def predictions() -> ResponseReturnValue:
-    """Recent predictions from the database, newest first, paginated."""
+def predictions_page() -> ResponseReturnValue:
+    """The caller's own predictions (operators: everyone's), newest first, paginated; no token, no rows."""
     page = request.args.get("page", 1, type=int) or 1
     per_page = request.args.get("per_page", 20, type=int) or 20
     if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= 100:
         raise ApiError(400, "bad_page", f"page must be between 1 and {MAX_PAGE}, per_page between 1 and 100.")
+    everyone = is_operator(db.settings().admin_basic_auth)
+    owner = None if everyone else presented()
+    if not everyone and owner is None:
+        return jsonify({"items": [], "page": page, "per_page": per_page, "total": 0})
+    mine = [] if everyone else [Prediction.owner == owner]
     session = db.session()
-    total = session.scalar(select(func.count()).select_from(Prediction)) or 0
+    total = session.scalar(select(func.count()).select_from(Prediction).where(*mine)) or 0
     rows = session.scalars(
-        select(Prediction).order_by(Prediction.id.desc()).offset((page - 1) * per_page).limit(per_page)
+        select(Prediction).where(*mine).order_by(Prediction.id.desc()).offset((page - 1) * per_page).limit(per_page)
     ).all()
     items = [row.status_document() | {"filename": row.filename} for row in rows]
     return jsonify({"items": items, "page": page, "per_page": per_page, "total": total})

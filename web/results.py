@@ -1,12 +1,12 @@
 """Wake long-polling requests when their result lands, instead of polling Redis in a loop.
 
-The worker PUBLISHes every final status document on a channel named like its key; one pattern
-subscription per web process hears them all and sets the events of the requests waiting on those ids.
+The worker PUBLISHes every final status document on one channel (shared/statuses.py); one subscription
+per web process hears them all and sets the events of the requests waiting on those ids. The listener
+outlives any error: it logs it, waits a moment and subscribes again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.queue import RESULT_KEY_PREFIX
-from shared.schema import FINAL_STATES
+from shared.statuses import FINISHED_CHANNEL, finished_task_id
 
 log = logging.getLogger(__name__)
+
+RESTART_DELAY_SECONDS = 1.0
 
 
 class ResultWaiter:
@@ -81,17 +82,22 @@ class ResultWaiter:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(f"{RESULT_KEY_PREFIX}*")
-                for message in pubsub.listen():
-                    channel = message["channel"].decode()
-                    try:
-                        status = json.loads(message["data"]).get("status")
-                    except (ValueError, AttributeError):
-                        continue
-                    if status in FINAL_STATES:
-                        self._wake(channel.removeprefix(RESULT_KEY_PREFIX))
+                self._listen_once()
             except (RedisError, OSError) as exc:
                 # Waiters fall back to re-reading the state every second until this reconnects.
                 log.warning("result listener lost Redis (%s); reconnecting", exc)
-                time.sleep(1)
+            except Exception:  # anything else must not silence long polls for the process's life either
+                log.exception("result listener failed; restarting it")
+            time.sleep(RESTART_DELAY_SECONDS)
+
+    def _listen_once(self) -> None:
+        """Subscribe and wake waiters until the connection breaks."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(FINISHED_CHANNEL)
+            for message in pubsub.listen():
+                task_id = finished_task_id(message["data"])
+                if task_id is not None:
+                    self._wake(task_id)
+        finally:
+            pubsub.close()

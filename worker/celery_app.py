@@ -17,10 +17,10 @@ from celery.signals import (
 )
 from prometheus_client import start_http_server
 
+from shared import predictions
 from shared.config import get_settings
 from shared.logs import formatter
 from shared.queue import make_celery
-from shared.tasks import PREDICT_BATCH_TASK
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def _warm_up(serve_metrics: bool) -> None:
     # Imported here: a prefork parent must never load TensorFlow (its forked children would hang).
     from worker.metrics import MODEL
     from worker.presence import Presence
+    from worker.recovery import Recovery, RecoveryLoop
     from worker.runtime import get_runtime
-    from worker.sweeper import Sweeper
 
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
@@ -66,16 +66,18 @@ def _warm_up(serve_metrics: bool) -> None:
             log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
         except OSError as exc:  # a second worker on the same host: predictions matter more than metrics
             log.warning("worker metrics not served on port %d: %s", settings.worker_metrics_port, exc)
-    Sweeper(runtime.session_factory, _enqueue_batch, runtime.redis, settings).start()
+    recovery = Recovery(runtime.engine, runtime.redis, settings.queue_name, _enqueue,
+                        settings.sweep_after_seconds, settings.max_attempts, runtime.pipeline.publish)
+    RecoveryLoop(recovery, runtime.redis, settings.queue_name, runtime.name, settings.sweep_interval_seconds).start()
     presence = Presence(runtime.redis, settings.queue_name, runtime.name, runtime.predictor.version,
                         runtime.predictor.device)
     presence.start()
     _presence.append(presence)
 
 
-def _enqueue_batch(task_ids: Sequence[str]) -> None:
-    """Put uploads back on the queue as one batch message (the sweeper's way of re-enqueuing)."""
-    app.send_task(PREDICT_BATCH_TASK, args=[list(task_ids)], queue=settings.queue_name)
+def _enqueue(task_ids: Sequence[str]) -> None:
+    """Put lost uploads back on the queue (recovery's way of re-enqueuing)."""
+    predictions.enqueue(app, settings.queue_name, task_ids)
 
 
 @worker_process_init.connect

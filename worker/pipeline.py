@@ -1,24 +1,33 @@
-"""Turn queued task ids into stored predictions: one read, one model call and one write per batch."""
+"""Turn queued task ids into stored predictions: look up, claim, preprocess, one model call, finish.
+
+Every state change goes through shared/predictions.py. Uploads that a worker already started once and
+that never finished (their worker died or stalled) are tried one at a time, after the fresh ones are
+stored: an image that kills the process then takes nothing else down with it.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from redis.exceptions import RedisError
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.db import session_scope
+from shared import predictions
 from shared.imaging import ImageRejected
-from shared.schema import FINAL_STATES, Prediction, State, status_document, utcnow
+from shared.predictions import Claim, Found
+from shared.schema import State, status_document
+from worker.leases import Leases
 
 log = logging.getLogger(__name__)
+
+# Errors of the services around the worker, not of the upload: the claim is given back, and the task retries.
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, RedisError, OSError)
 
 
 class Model(Protocol):
@@ -31,146 +40,127 @@ class Model(Protocol):
         ...
 
 
+Docs = dict[str, dict[str, Any]]
+
+
 @dataclass
-class _Work:
-    row: Prediction
-    image: np.ndarray | None = None
-    error: str | None = None
+class Pipeline:
+    """One worker process's way from task ids to stored, cached answers."""
 
+    engine: Engine
+    model: Model
+    worker_name: str
+    preprocess: Callable[[bytes], np.ndarray]
+    leases: Leases
+    max_attempts: int
+    publish: Callable[[Iterable[dict[str, Any]]], None]  # cache and announce final documents
 
-def run_batch(
-    task_ids: Sequence[str],
-    session_factory: sessionmaker[Session],
-    model: Model,
-    worker_name: str,
-    preprocess: Callable[[bytes], np.ndarray],
-) -> dict[str, dict[str, Any]]:
-    """Predict every task id's upload and store the results; returns each id's status document."""
-    with session_scope(session_factory) as session:
-        rows = session.scalars(
-            select(Prediction).options(undefer(Prediction.image)).where(Prediction.task_id.in_(list(task_ids)))
-        ).all()
-    by_id = {row.task_id: row for row in rows}
-    docs: dict[str, dict[str, Any]] = {}
-    work: list[_Work] = []
-    for task_id in task_ids:
-        row = by_id.get(task_id)
-        if row is None:
-            # The web writes the row before it enqueues, so this is a message from elsewhere: report, don't crash.
-            log.error("task %s has no row in the database; dropping it", task_id)
-            docs[task_id] = status_document({"task_id": task_id, "state": State.FAILURE.value,
-                                             "error": "unknown upload"})
-        elif row.state in FINAL_STATES:
-            docs[task_id] = row.status_document()  # a redelivery: the answer is already stored
-        else:
-            work.append(_Work(row))
-    if not work:
+    def run(self, task_ids: Sequence[str]) -> Docs:
+        """Predict every task id's upload that is ours to do; each id's status document, in order."""
+        with self.engine.begin() as conn:
+            found = predictions.look_up(conn, task_ids)
+        claimable = [f for f in found.values() if f.claimable]
+        docs: Docs = {}
+        poisoned = [f for f in claimable if f.deliveries >= self.max_attempts]
+        if poisoned:  # its last delivery died too: it will not be tried again
+            docs |= self._fail_poison(poisoned)
+        fresh = [f.task_id for f in claimable if f.deliveries == 0]
+        if fresh:
+            docs |= self._attempt(fresh, deliveries=0)
+        for item in claimable:
+            if 0 < item.deliveries < self.max_attempts:
+                docs |= self._attempt([item.task_id], deliveries=item.deliveries)
+        docs |= self._others([t for t in dict.fromkeys(task_ids) if t not in docs], found)
+        return {task_id: docs[task_id] for task_id in task_ids}
+
+    def _fail_poison(self, poisoned: list[Found]) -> Docs:
+        with self.engine.begin() as conn:
+            docs = predictions.fail_poison(conn, poisoned)
+        log.error("gave up on %d upload(s) that killed or stalled %d+ workers", len(docs), self.max_attempts,
+                  extra={"task_ids": list(docs)})
+        self.publish(docs.values())
         return docs
 
-    started = utcnow()
-    t0 = time.perf_counter()
-    for item in work:
+    def _others(self, task_ids: list[str], found: dict[str, Found]) -> Docs:
+        """Documents of ids this run did not finish: final, held by another worker, or unknown."""
+        if not task_ids:
+            return {}
+        with self.engine.begin() as conn:
+            docs = predictions.stored_documents(conn, task_ids)
+        for task_id in task_ids:
+            if task_id not in found:
+                # The web writes the row before it enqueues, so this is a message from elsewhere: report, don't crash.
+                log.error("task %s has no row in the database; dropping it", task_id)
+                docs[task_id] = status_document({"task_id": task_id, "state": State.FAILURE.value,
+                                                 "error": "unknown upload"})
+        return docs
+
+    def _attempt(self, task_ids: list[str], deliveries: int) -> Docs:
+        """Claim, predict and finish these uploads; what was finished (nothing if others claimed them first)."""
+        with self.engine.begin() as conn:
+            claim = predictions.claim(conn, task_ids, deliveries, self.worker_name, self.leases.seconds)
+        if not claim.images:
+            return {}
+        with self.leases.holding(claim):
+            try:
+                results = self._predict(claim)
+                with self.engine.begin() as conn:
+                    docs = predictions.finish(conn, claim, results)
+            except INFRASTRUCTURE_ERRORS:
+                self._release(claim)
+                raise
+        self.publish(docs.values())
+        return docs
+
+    def _release(self, claim: Claim) -> None:
         try:
-            item.image = preprocess(item.row.image)
-        except ImageRejected as exc:
-            item.error = str(exc)
-        except Exception as exc:  # a poison image must end as FAILURE, never block the queue
-            log.exception("preprocessing failed for task %s", item.row.task_id)
-            item.error = f"could not read this image ({type(exc).__name__})"
-    preprocess_ms = (time.perf_counter() - t0) * 1000 / len(work)
+            with self.engine.begin() as conn:
+                predictions.release(conn, claim)
+        except INFRASTRUCTURE_ERRORS as exc:  # the lease runs out instead
+            log.warning("could not give back claim %s: %s", claim.token, exc)
 
-    ready = [item for item in work if item.image is not None]
-    inference_ms = 0.0
-    probabilities = np.empty((0, 10), np.float32)
-    if ready:
-        t1 = time.perf_counter()
-        probabilities = model.predict(np.stack([item.image for item in ready]))
-        inference_ms = (time.perf_counter() - t1) * 1000
-    finished = utcnow()
+    def _predict(self, claim: Claim) -> dict[str, dict[str, Any]]:
+        """The result columns of each claimed upload: a digit, or the reason it could not be read."""
+        t0 = time.perf_counter()
+        images, errors = self._preprocess(claim.images)
+        preprocess_ms = round((time.perf_counter() - t0) * 1000 / len(claim.images), 3)
+        probabilities, inference_ms = self._infer(images)
+        common = {"preprocess_ms": preprocess_ms, "model_version": self.model.version}
+        results = {task_id: {**common, **_success(probs, inference_ms)}
+                   for task_id, probs in zip(images, probabilities, strict=True)}
+        for task_id, error in errors.items():
+            results[task_id] = {**common, **_failure(error)}
+        return results
 
-    results = {item.row.task_id: probs for item, probs in zip(ready, probabilities, strict=True)}
-    updates: dict[str, dict[str, Any]] = {}
-    for item in work:
-        values: dict[str, Any] = {
-            "started_at": started,
-            "finished_at": finished,
-            "worker": worker_name,
-            "preprocess_ms": round(preprocess_ms, 3),
-            "model_version": model.version,
-        }
-        probs = results.get(item.row.task_id)
-        if probs is not None:
-            values |= {
-                "state": State.SUCCESS.value,
-                "digit": int(np.argmax(probs)),
-                "confidence": round(float(np.max(probs)), 6),
-                "probabilities": [round(float(p), 6) for p in probs],
-                "inference_ms": round(inference_ms, 3),
-                "error": None,
-            }
-        else:
-            values |= {"state": State.FAILURE.value, "digit": None, "confidence": None, "probabilities": None,
-                       "inference_ms": None, "error": item.error}
-        updates[item.row.task_id] = values
+    def _preprocess(self, raw: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Each upload as a 28x28 MNIST-like array, or why it cannot be read."""
+        images: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        for task_id, data in raw.items():
+            try:
+                images[task_id] = self.preprocess(data)
+            except ImageRejected as exc:
+                errors[task_id] = str(exc)
+            except Exception as exc:  # a bad image must end as FAILURE, never block the queue
+                log.exception("preprocessing failed for task %s", task_id)
+                errors[task_id] = f"could not read this image ({type(exc).__name__})"
+        return images, errors
 
-    with session_scope(session_factory) as session:
-        all_written = _write_batch(session, updates)
-    if all_written:
-        for item in work:
-            for key, value in updates[item.row.task_id].items():
-                setattr(item.row, key, value)
-            docs[item.row.task_id] = item.row.status_document()
-    else:
-        # Another delivery of some of these tasks finished first: the stored answers are the truth.
-        with session_scope(session_factory) as session:
-            for row in session.scalars(select(Prediction).where(Prediction.task_id.in_(list(updates)))):
-                docs[row.task_id] = row.status_document()
-    return {task_id: docs[task_id] for task_id in task_ids if task_id in docs}
+    def _infer(self, images: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """One model call for the whole batch; its probabilities and milliseconds."""
+        if not images:
+            return np.empty((0, 10), np.float32), 0.0
+        t0 = time.perf_counter()
+        probabilities = self.model.predict(np.stack(list(images.values())))
+        return probabilities, round((time.perf_counter() - t0) * 1000, 3)
 
 
-def _write_batch(session: Session, updates: dict[str, dict[str, Any]]) -> bool:
-    """Write the batch's results to rows not final yet; False when some row was already final (a race)."""
-    connection = session.connection()
-    if connection.dialect.name in ("mysql", "mariadb"):
-        return _upsert_mysql(connection, updates)
-    table = Prediction.__table__
-    columns = next(iter(updates.values())).keys()
-    statement = (
-        update(table)
-        .where(table.c.task_id == bindparam("_task_id"),
-               # Only a row that is not final yet is written: a task delivered twice keeps its first answer.
-               *[table.c.state != state.value for state in FINAL_STATES])
-        .values({name: bindparam(name) for name in columns})
-    )
-    rows = [{"_task_id": t, **v} for t, v in updates.items()]
-    return connection.execute(statement, rows).rowcount == len(rows)
+def _success(probs: np.ndarray, inference_ms: float) -> dict[str, Any]:
+    return {"state": State.SUCCESS.value, "digit": int(np.argmax(probs)),
+            "confidence": round(float(np.max(probs)), 6), "probabilities": [round(float(p), 6) for p in probs],
+            "inference_ms": inference_ms, "error": None}
 
 
-def _upsert_mysql(connection: Connection, updates: dict[str, dict[str, Any]]) -> bool:
-    """MySQL: the whole batch in ONE statement (an executemany UPDATE costs a round trip per row).
-
-    INSERT ... ON DUPLICATE KEY UPDATE on the unique task_id: every row exists (it was read at the start
-    of the batch), so only the UPDATE part ever runs; its assignments keep a final row as it is, and
-    `state` is assigned last because MySQL evaluates them left to right.
-    """
-    first = next(iter(updates.values()))
-    statement = _upsert_statement(tuple(first))
-    # Placeholders for the NOT NULL columns of the (never taken) insert path.
-    filler = {"image": b"", "image_sha256": "", "size_bytes": 0, "created_at": first["finished_at"]}
-    rows = [{"task_id": t, **filler, **v} for t, v in updates.items()]
-    # Affected rows: 2 for each row updated, 1 for a row left as it was (CLIENT_FOUND_ROWS).
-    return connection.execute(statement, rows).rowcount == 2 * len(rows)
-
-
-@functools.lru_cache(maxsize=4)
-def _upsert_statement(columns: tuple[str, ...]) -> Any:
-    """The upsert for these columns, built once (building it costs more than running it)."""
-    table = Prediction.__table__
-    ordered = [name for name in columns if name != "state"] + ["state"]
-    statement = mysql_insert(table)
-    # Literal states: PyMySQL batches an executemany INSERT into one statement only when the
-    # ON DUPLICATE KEY part has no parameters.
-    final = or_(*[table.c.state == literal_column(f"'{state.value}'") for state in sorted(FINAL_STATES)])
-    return statement.on_duplicate_key_update(
-        [(name, func.IF(final, table.c[name], statement.inserted[name])) for name in ordered]
-    )
+def _failure(error: str) -> dict[str, Any]:
+    return {"state": State.FAILURE.value, "digit": None, "confidence": None, "probabilities": None,
+            "inference_ms": None, "error": error}

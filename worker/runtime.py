@@ -7,48 +7,49 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from shared import imaging
 from shared.config import Settings, get_settings
-from shared.db import make_engine, make_session_factory
-from shared.queue import store_statuses
+from shared.db import make_engine
+from shared.statuses import cache_final
 from worker.batcher import MicroBatcher
+from worker.leases import Leases
 from worker.metrics import observe_batch
 from worker.model import Predictor, load_predictor
-from worker.pipeline import run_batch
+from worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class WorkerRuntime:
-    """What one worker process holds: a session factory on its own pool and its own model."""
+    """What one worker process holds: an engine on its own pool, its own model and its pipeline."""
 
     settings: Settings
-    session_factory: sessionmaker[Session]
+    engine: Engine
     predictor: Predictor
     redis: Redis
     name: str
+    pipeline: Pipeline
     batcher: MicroBatcher | None = None
 
     def predict(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Predict and store a batch of uploads by task id: rows first (the truth), then Redis (the cache)."""
+        """Predict and store a batch of uploads by task id; each id's status document."""
         started = time.perf_counter()
-        docs = run_batch(task_ids, self.session_factory, self.predictor, self.name, imaging.preprocess)
-        store_statuses(self.redis, docs.values(), self.settings.result_ttl_seconds)
+        docs = self.pipeline.run(task_ids)
         observe_batch(len(task_ids), time.perf_counter() - started, docs.values())
         log.info("predicted %d upload(s)", len(docs), extra={"task_ids": list(docs), "batch_size": len(task_ids)})
         return docs
 
     def predict_one(self, task_id: str) -> dict[str, Any]:
         """Predict one upload together with whatever other tasks of this process are waiting."""
-        assert self.batcher is not None
+        assert self.batcher is not None, "built by get_runtime()"
         return self.batcher.submit(task_id)
 
 
@@ -61,18 +62,28 @@ def get_runtime() -> WorkerRuntime:
     global _runtime
     with _lock:
         if _runtime is None:
-            settings = get_settings()
-            predictor = load_predictor(settings.model_path, threads=settings.worker_tf_threads)
-            # A connection for each task thread that may run a batch at once, kept open: no connect churn.
-            engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency, max_overflow=0)
-            runtime = WorkerRuntime(
-                settings=settings,
-                session_factory=make_session_factory(engine),
-                predictor=predictor,
-                redis=Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
-                name=f"{socket.gethostname()}:{os.getpid()}",
-            )
-            runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
-                                           max_wait=settings.batch_max_wait_ms / 1000)
-            _runtime = runtime
+            _runtime = _build(get_settings())
         return _runtime
+
+
+def _build(settings: Settings) -> WorkerRuntime:
+    """Load the model and open the pools; called once per process, after any fork."""
+    predictor = load_predictor(settings.model_path, threads=settings.worker_tf_threads)
+    # A connection for each task thread that may run a batch at once (plus the lease and recovery
+    # threads), kept open: no connect churn.
+    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 2, max_overflow=0)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def publish(docs: Iterable[dict[str, Any]]) -> None:
+        # After the rows (the truth) are committed: a death in between leaves only a cold cache.
+        cache_final(redis, docs, settings.result_ttl_seconds)
+
+    pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=imaging.preprocess,
+                        leases=Leases(engine, settings.sweep_after_seconds), max_attempts=settings.max_attempts,
+                        publish=publish)
+    runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,
+                            pipeline=pipeline)
+    runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
+                                   max_wait=settings.batch_max_wait_ms / 1000)
+    return runtime

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from shared.config import REPO_ROOT, Settings
 from shared.schema import Prediction, utcnow
+from shared.statuses import status_key
 from tests.conftest import png_bytes
 from tests.stack import free_port, running_stack
 from tests.userstyle import user_style_set
@@ -92,7 +93,7 @@ def test_status_survives_the_redis_result_expiring(stack, mnist):
     body = requests.post(f"{stack.base_url}/predict", files={"file": ("d.png", png_bytes(mnist.x_test[3]))},
                          timeout=10).json()
     doc = _wait_final(stack, body["status_url"])
-    redis.Redis.from_url(stack.settings.redis_url).delete(f"celery-task-meta-{body['task_id']}")
+    redis.Redis.from_url(stack.settings.redis_url).delete(status_key(body["task_id"]))
 
     again = requests.get(f"{stack.base_url}{body['status_url']}", timeout=10)
 
@@ -135,13 +136,14 @@ def test_an_upload_whose_message_was_lost_is_swept_back_onto_the_queue(stack, mn
     long_ago = utcnow() - timedelta(seconds=30)
     with db_sessions() as s, s.begin():
         s.add(Prediction(task_id=task_id, state="PENDING", image=data, image_sha256=hashlib.sha256(data).hexdigest(),
-                         size_bytes=len(data), created_at=long_ago, enqueued_at=long_ago, attempts=1))
+                         size_bytes=len(data), created_at=long_ago, enqueued_at=long_ago,
+                         queue=stack.settings.queue_name))
 
     doc = _wait_final(stack, f"/tasks/{task_id}")
 
     assert doc["state"] == "SUCCESS" and doc["digit"] == int(mnist.y_test[9])
-    with db_sessions() as s:
-        assert s.scalars(select(Prediction.attempts).where(Prediction.task_id == task_id)).one() == 2
+    with db_sessions() as s:  # re-sent once, started once
+        assert s.scalars(select(Prediction.deliveries).where(Prediction.task_id == task_id)).one() == 1
 
 
 def test_page_and_unknown_task(stack):

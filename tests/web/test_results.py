@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
+import time
 import uuid
 
+import pytest
 import redis
 from sqlalchemy import select
 
-from shared.queue import store_statuses
 from shared.schema import Prediction, State, utcnow
+from shared.statuses import cache_final, status_key
 from web import create_app
 from web.results import ResultWaiter
 
 
-def _store_success(settings, db_sessions, task_id: str) -> dict:
+def _store_success(settings, db_sessions, task_id: str, cache: bool = True) -> dict:
     """What a worker does at the end of a task: the row, then the result in Redis (which publishes it)."""
     with db_sessions() as s, s.begin():
         row = s.scalars(select(Prediction).where(Prediction.task_id == task_id)).one()
         row.state, row.digit, row.confidence, row.finished_at = State.SUCCESS.value, 4, 0.9, utcnow()
         row.probabilities = [0.01] * 4 + [0.9] + [0.01] * 5
         doc = row.status_document()
-    store_statuses(redis.Redis.from_url(settings.redis_url), [doc], settings.result_ttl_seconds)
+    if not cache:  # the worker died between its commit and its Redis write
+        return doc
+    cache_final(redis.Redis.from_url(settings.redis_url), [doc], settings.result_ttl_seconds)
     return doc
 
 
@@ -117,3 +122,73 @@ def test_past_the_long_poll_slots_a_request_is_answered_at_once(settings, db_eng
         poller.join(20)  # far less than the 30 s it would have waited with a slot
         assert not poller.is_alive()
     assert answer == {"status": 200, "body": answer["body"]} and answer["body"]["state"] == "PENDING"
+
+
+def test_a_result_committed_but_never_cached_is_read_from_the_database_and_repaired(client, settings, db_sessions):
+    task_id = _add_pending(db_sessions)
+    doc = _store_success(settings, db_sessions, task_id, cache=False)
+    cache = redis.Redis.from_url(settings.redis_url)
+    assert cache.get(status_key(task_id)) is None
+
+    resp = client.get(f"/tasks/{task_id}")
+
+    assert resp.get_json() == doc
+    assert json.loads(cache.get(status_key(task_id))) == doc  # the cache is repaired
+
+
+def test_a_long_poll_returns_a_result_that_was_committed_but_never_published(client, settings, db_sessions):
+    task_id = _add_pending(db_sessions)
+    poller, answer = _poll_in_thread(client, f"/tasks/{task_id}?wait=20")
+    time.sleep(0.3)  # let the poll start waiting: the point is that nothing will ever wake it
+    committed = time.monotonic()
+    doc = _store_success(settings, db_sessions, task_id, cache=False)
+    poller.join(20)
+
+    assert answer == {"status": 200, "body": doc}
+    assert time.monotonic() - committed < 2.5  # re-read every second, not held for the whole 20 s
+
+
+def test_a_stale_pending_document_in_redis_never_hides_the_final_row(client, settings, db_sessions):
+    task_id = _add_pending(db_sessions)
+    doc = _store_success(settings, db_sessions, task_id, cache=False)
+    # What an older release cached, or anything else that is not final: it must not be believed.
+    redis.Redis.from_url(settings.redis_url).set(status_key(task_id), json.dumps({**doc, "state": "PENDING"}))
+
+    assert client.get(f"/tasks/{task_id}").get_json()["state"] == "SUCCESS"
+    assert client.get(f"/tasks/{task_id}?wait=10").get_json()["state"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-inf", "abc", "-5", "1e309", "31"])
+def test_a_bad_wait_is_refused_at_once(client, db_sessions, wait):
+    task_id = _add_pending(db_sessions)
+    started = time.monotonic()
+    resp = client.get(f"/tasks/{task_id}?wait={wait}")
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "bad_wait"
+    assert time.monotonic() - started < 1
+    assert client.get(f"/tasks?ids={task_id}&wait={wait}").status_code == 400
+
+
+class _BreaksOnce(redis.Redis):
+    """A real Redis client whose first pub/sub connection fails with an error that is not Redis' own."""
+
+    broken = False
+
+    def pubsub(self, **kwargs):
+        if not _BreaksOnce.broken:
+            _BreaksOnce.broken = True
+            raise ValueError("a bug in the listener, say")
+        return super().pubsub(**kwargs)
+
+
+def test_the_result_listener_restarts_after_any_error(settings, db_sessions, caplog):
+    waiter = ResultWaiter(_BreaksOnce.from_url(settings.redis_url), max_waiting=1)
+    task_id = _add_pending(db_sessions)
+
+    with waiter.subscription(task_id) as finished:
+        for _ in range(100):  # bounded: until the restarted listener hears the result
+            _store_success(settings, db_sessions, task_id)
+            if finished.wait(0.1):
+                break
+
+    assert _BreaksOnce.broken and finished.is_set()
+    assert "result listener failed; restarting it" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ from shared import imaging
 from shared.config import REPO_ROOT
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
-from shared.schema import Prediction, State
+from shared.schema import Prediction, State, utcnow
 from tests.conftest import png_bytes
+from worker.leases import Leases
 from worker.model import load_predictor
-from worker.pipeline import run_batch
+from worker.pipeline import Pipeline
 
 MODEL_PATH = REPO_ROOT / "models" / "mnist_model.h5"
 
@@ -29,14 +31,21 @@ def predictor():
     return load_predictor(MODEL_PATH)
 
 
-def _add(sessions, data: bytes, task_id: str) -> None:
+def _add(sessions, data: bytes, task_id: str, **values) -> None:
     with sessions() as s, s.begin():
-        s.add(Prediction(task_id=task_id, state=State.PENDING.value, image=data,
+        s.add(Prediction(**{"state": State.PENDING.value, **values}, task_id=task_id, image=data, queue="test",
                          image_sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
 
 
+def _pipeline(sessions, predictor, preprocess=imaging.preprocess, published: list | None = None) -> Pipeline:
+    engine = sessions.kw["bind"]
+    return Pipeline(engine=engine, model=predictor, worker_name="test-worker", preprocess=preprocess,
+                    leases=Leases(engine, 60), max_attempts=3,
+                    publish=(published if published is not None else []).extend)
+
+
 def _run(ids, sessions, predictor):
-    return run_batch(ids, sessions, predictor, "test-worker", imaging.preprocess)
+    return _pipeline(sessions, predictor).run(ids)
 
 
 def test_batch_predicts_and_stores_every_row(db_sessions, predictor, mnist):
@@ -125,15 +134,88 @@ def test_a_batch_racing_another_delivery_reports_the_stored_answer(db_sessions, 
         _add(db_sessions, png_bytes(mnist.x_test[i]), task_id)
 
     def preprocess_then_race(data: bytes):
-        # While this batch works, another delivery finishes the first task.
+        # While this batch works (stalled past its lease, say), recovery gave the first task to another
+        # worker, which claimed and finished it.
         with db_sessions() as s, s.begin():
-            s.execute(update(Prediction).where(Prediction.task_id == ids[0], Prediction.state == "PENDING")
-                      .values(state="SUCCESS", digit=5, confidence=1.0))
+            s.execute(update(Prediction).where(Prediction.task_id == ids[0], Prediction.state == "STARTED")
+                      .values(state="SUCCESS", digit=5, confidence=1.0, claim_token="another-claim"))
         return imaging.preprocess(data)
 
-    docs = run_batch(ids, db_sessions, predictor, "test-worker", preprocess_then_race)
+    docs = _pipeline(db_sessions, predictor, preprocess_then_race).run(ids)
 
     assert docs[ids[0]]["digit"] == 5  # the other delivery's answer, as stored
     assert docs[ids[1]]["state"] == "SUCCESS" and docs[ids[1]]["digit"] == int(mnist.y_test[1])
     with db_sessions() as s:
         assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.task_id.in_(ids))) == 2
+
+
+def _row(sessions, task_id: str) -> Prediction:
+    with sessions() as s:
+        return s.scalars(select(Prediction).where(Prediction.task_id == task_id)).one()
+
+
+def test_a_claim_counts_one_delivery_and_the_answer_is_published(db_sessions, predictor, mnist):
+    task_id = "00000000-0000-4000-8000-000000000501"
+    _add(db_sessions, png_bytes(mnist.x_test[0]), task_id)
+    published: list = []
+
+    doc = _pipeline(db_sessions, predictor, published=published).run([task_id])[task_id]
+
+    assert _row(db_sessions, task_id).deliveries == 1
+    assert published == [doc] and doc["state"] == "SUCCESS"
+
+
+def test_an_upload_another_worker_holds_under_a_live_lease_is_left_to_it(db_sessions, predictor, mnist):
+    task_id = "00000000-0000-4000-8000-000000000502"
+    _add(db_sessions, png_bytes(mnist.x_test[0]), task_id, state="STARTED", deliveries=1, claim_token="theirs",
+         lease_expires_at=utcnow() + timedelta(seconds=60))
+
+    doc = _run([task_id], db_sessions, predictor)[task_id]
+
+    assert doc["state"] == "STARTED"
+    row = _row(db_sessions, task_id)
+    assert (row.deliveries, row.claim_token) == (1, "theirs")
+
+
+def test_an_upload_whose_lease_ran_out_is_claimed_again(db_sessions, predictor, mnist):
+    task_id = "00000000-0000-4000-8000-000000000503"
+    _add(db_sessions, png_bytes(mnist.x_test[3]), task_id, state="STARTED", deliveries=1, claim_token="dead",
+         lease_expires_at=utcnow() - timedelta(seconds=1))
+
+    doc = _run([task_id], db_sessions, predictor)[task_id]
+
+    assert doc["state"] == "SUCCESS" and doc["digit"] == int(mnist.y_test[3])
+    assert _row(db_sessions, task_id).deliveries == 2
+
+
+def test_an_upload_out_of_deliveries_ends_as_poison_without_being_tried(db_sessions, predictor, mnist):
+    task_id = "00000000-0000-4000-8000-000000000504"
+    _add(db_sessions, png_bytes(mnist.x_test[0]), task_id, deliveries=3)  # max_attempts=3 workers died on it
+    tried: list = []
+
+    doc = _pipeline(db_sessions, predictor, lambda data: tried.append(data)).run([task_id])[task_id]
+
+    assert tried == []
+    assert doc["state"] == "FAILURE" and "3 workers started this image and died" in doc["error"]
+
+
+def test_uploads_that_killed_a_worker_before_are_tried_alone_after_the_fresh_ones_are_stored(
+        db_sessions, predictor, mnist):
+    fresh = ["00000000-0000-4000-8000-000000000601", "00000000-0000-4000-8000-000000000602"]
+    retried = ["00000000-0000-4000-8000-000000000603", "00000000-0000-4000-8000-000000000604"]
+    for i, task_id in enumerate(fresh + retried):
+        _add(db_sessions, png_bytes(mnist.x_test[i]), task_id, deliveries=1 if task_id in retried else 0)
+    seen: list[dict] = []
+
+    def preprocess_and_look(data: bytes):
+        with db_sessions() as s:
+            seen.append(dict(s.execute(select(Prediction.task_id, Prediction.state)
+                                       .where(Prediction.task_id.in_(fresh + retried))).all()))
+        return imaging.preprocess(data)
+
+    docs = _pipeline(db_sessions, predictor, preprocess_and_look).run(fresh + retried)
+
+    assert all(d["state"] == "SUCCESS" for d in docs.values())
+    # The first two calls are the fresh batch; each retried upload is claimed alone, after them.
+    assert [states[fresh[0]] for states in seen] == ["STARTED", "STARTED", "SUCCESS", "SUCCESS"]
+    assert [states[retried[1]] for states in seen[2:]] == ["PENDING", "STARTED"]

@@ -1,0 +1,315 @@
+"""The life of a prediction: the ONLY code that moves an upload between states.
+
+    record ──▶ PENDING ──claim──▶ STARTED (leased) ──finish──▶ SUCCESS | FAILURE   (final: never written again)
+                  ▲                    │ lease expired, or released after an error
+                  └────────────────────┘ ... after MAX_ATTEMPTS deliveries: FAILURE (poison)
+
+Every write is guarded by what the writer saw (the state, the delivery count, the claim's token), so a
+redelivered message, a second recovery or a worker that wakes up after its lease ran out can never
+overwrite a newer state. The web records and enqueues; workers claim, finish and release; recovery
+expires claims and re-enqueues lost uploads. Redis only caches final documents (shared/statuses.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+from shared.schema import FINAL_STATES, STATUS_COLUMNS, Prediction, State, status_document, utcnow
+from shared.statuses import cache_final, cached_final
+from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
+
+log = logging.getLogger(__name__)
+
+TABLE = Prediction.__table__
+COLUMNS = TABLE.c
+STATUS_SELECT = [COLUMNS[name] for name in STATUS_COLUMNS]
+CHUNK = 64  # task ids per message when several are enqueued at once
+_NOT_FINAL = COLUMNS.state.notin_([state.value for state in FINAL_STATES])
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    """A validated upload, ready to be recorded."""
+
+    data: bytes
+    filename: str | None
+    content_type: str | None
+    width: int | None
+    height: int | None
+
+
+# --- the web: record, enqueue (or withdraw), read -------------------------------------------------------
+
+
+def record(conn: Connection, uploads: Sequence[NewUpload], queue: str, owner: str | None) -> list[dict[str, Any]]:
+    """Insert the uploads as PENDING rows (the outbox: durable before anyone is told); their row values."""
+    now = utcnow()
+    rows = [
+        {"task_id": str(uuid.uuid4()), "state": State.PENDING.value, "image": u.data,
+         "image_sha256": hashlib.sha256(u.data).hexdigest(), "filename": u.filename,
+         "content_type": u.content_type, "size_bytes": len(u.data), "width": u.width, "height": u.height,
+         "created_at": now, "enqueued_at": now, "deliveries": 0, "queue": queue, "owner": owner}
+        for u in uploads
+    ]
+    conn.execute(insert(TABLE), rows)
+    return rows
+
+
+def withdraw(conn: Connection, task_ids: Sequence[str]) -> None:
+    """Forget uploads that could not be enqueued: they were never accepted (the client got a 503)."""
+    conn.execute(delete(TABLE).where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.state == State.PENDING.value))
+
+
+def enqueue(producer: Celery, queue: str, task_ids: Sequence[str], retry_policy: Mapping[str, Any] | None = None
+            ) -> None:
+    """Put uploads on the queue: one upload as its own task (its id is the task's), several as batch messages."""
+    options: dict[str, Any] = {"queue": queue}
+    if retry_policy is not None:
+        options |= {"retry": True, "retry_policy": dict(retry_policy)}
+    if len(task_ids) == 1:
+        producer.send_task(PREDICT_TASK, args=[task_ids[0]], task_id=task_ids[0], **options)
+        return
+    for start in range(0, len(task_ids), CHUNK):
+        producer.send_task(PREDICT_BATCH_TASK, args=[list(task_ids[start:start + CHUNK])], **options)
+
+
+def read(conn: Connection, redis: Redis, task_ids: Sequence[str], ttl_seconds: int) -> dict[str, dict[str, Any]]:
+    """Status documents by id: final ones from the Redis cache, the rest from MySQL; unknown ids left out.
+
+    A document that is not final is never taken from Redis, so a read can never report an older state than
+    the row holds (a worker may die between its MySQL commit and its Redis write); a final row found missing
+    from the cache is put back.
+    """
+    try:
+        docs = cached_final(redis, task_ids)
+    except (RedisError, OSError) as exc:
+        log.warning("Redis unavailable, reading statuses from the database: %s", exc)
+        docs = {}
+    missing = [t for t in task_ids if t not in docs]
+    if not missing:
+        return docs
+    stored = {row.task_id: status_document(row._mapping)
+              for row in conn.execute(select(*STATUS_SELECT).where(COLUMNS.task_id.in_(missing)))}
+    repair = [doc for doc in stored.values() if doc["state"] in FINAL_STATES]
+    if repair:
+        try:
+            cache_final(redis, repair, ttl_seconds)
+        except (RedisError, OSError) as exc:  # the answer is right anyway; the next read tries again
+            log.warning("could not repair the status cache: %s", exc)
+    return docs | stored
+
+
+# --- workers: look up, claim, finish, release, renew ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a worker sees of an upload before it claims it."""
+
+    task_id: str
+    state: str
+    deliveries: int
+    leased: bool  # STARTED under a lease that has not run out: another worker has it
+
+    @property
+    def claimable(self) -> bool:
+        """Not final and nobody holds a live claim on it."""
+        return self.state not in FINAL_STATES and not self.leased
+
+
+def look_up(conn: Connection, task_ids: Sequence[str]) -> dict[str, Found]:
+    """The uploads' states and delivery counts (no image bytes); unknown ids are left out."""
+    now = utcnow()
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.state, COLUMNS.deliveries, COLUMNS.lease_expires_at)
+                        .where(COLUMNS.task_id.in_(list(task_ids))))
+    return {r.task_id: Found(r.task_id, r.state, r.deliveries, r.state == State.STARTED.value
+                             and r.lease_expires_at is not None and r.lease_expires_at > now) for r in rows}
+
+
+def stored_documents(conn: Connection, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The status documents the database holds for these ids."""
+    query = select(*STATUS_SELECT).where(COLUMNS.task_id.in_(list(task_ids)))
+    return {row.task_id: status_document(row._mapping) for row in conn.execute(query)}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Uploads one worker started: the token that fences its final write, their images and creation times."""
+
+    token: str
+    images: dict[str, bytes]
+    created_at: dict[str, datetime]
+
+
+def claim(conn: Connection, task_ids: Sequence[str], deliveries: int, worker: str, lease_seconds: float) -> Claim:
+    """Claim the uploads still PENDING (or whose lease ran out) with exactly `deliveries` deliveries so far.
+
+    Each claimed upload becomes STARTED under a lease, and its delivery count goes up by one: poison
+    detection counts the workers that started an upload, never the time it waited.
+    """
+    token = secrets.token_hex(16)
+    now = utcnow()
+    claimable = or_(COLUMNS.state == State.PENDING.value,
+                    and_(COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < now))
+    conn.execute(update(TABLE)
+                 .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.deliveries == deliveries, claimable)
+                 .values(state=State.STARTED.value, claim_token=token, deliveries=COLUMNS.deliveries + 1,
+                         lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now, worker=worker))
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.image, COLUMNS.created_at)
+                        .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.claim_token == token)).all()
+    return Claim(token, {r.task_id: r.image for r in rows}, {r.task_id: r.created_at for r in rows})
+
+
+def finish(conn: Connection, claim: Claim, results: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Write final results, only where this claim still holds; the documents as stored afterwards.
+
+    A worker whose lease ran out (stalled, say) finds its claim taken over: its late write changes nothing.
+    """
+    finished = utcnow()
+    values = {task_id: {**result, "finished_at": finished} for task_id, result in results.items()}
+    if not values:
+        return {}
+    if _write_results(conn, claim.token, values):
+        return {task_id: status_document({"task_id": task_id, "created_at": claim.created_at.get(task_id), **row})
+                for task_id, row in values.items()}
+    # Some claims were taken over: what the database holds is the truth.
+    return stored_documents(conn, values)
+
+
+def _write_results(conn: Connection, token: str, values: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Write final values where the claim still holds; False if some row was taken over (or already final)."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        first = next(iter(values.values()))
+        # Placeholders for the NOT NULL columns of the (never taken) insert path.
+        filler = {"image": b"", "image_sha256": "", "size_bytes": 0, "created_at": first["finished_at"]}
+        rows = [{"task_id": t, "claim_token": token, **filler, **v} for t, v in values.items()]
+        # Affected rows: 2 for each row updated, 1 for a row left as it was (CLIENT_FOUND_ROWS).
+        return conn.execute(_finish_upsert(tuple(first)), rows).rowcount == 2 * len(rows)
+    held = and_(COLUMNS.task_id == bindparam("_task_id"), COLUMNS.claim_token == token,
+                COLUMNS.state == State.STARTED.value)
+    statement = update(TABLE).where(held).values({name: bindparam(name) for name in next(iter(values.values()))})
+    rows = [{"_task_id": t, **v} for t, v in values.items()]
+    return conn.execute(statement, rows).rowcount == len(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _finish_upsert(columns: tuple[str, ...]) -> Any:
+    """MySQL: a whole batch's results in ONE statement (an executemany UPDATE costs a round trip per row).
+
+    INSERT ... ON DUPLICATE KEY UPDATE on the unique task_id: every row exists, so only the UPDATE part runs.
+    Each assignment keeps the row as it is unless it is still STARTED under this claim's token, and `state`
+    is assigned last because MySQL evaluates the assignments left to right. Literal states: PyMySQL batches
+    an executemany INSERT into one statement only when the ON DUPLICATE KEY part has no parameters.
+    """
+    statement = mysql_insert(TABLE)
+    held = and_(COLUMNS.state == literal_column(f"'{State.STARTED.value}'"),
+                COLUMNS.claim_token == statement.inserted.claim_token)
+    ordered = [name for name in columns if name != "state"] + ["state"]
+    return statement.on_duplicate_key_update(
+        [(name, func.IF(held, statement.inserted[name], COLUMNS[name])) for name in ordered])
+
+
+def release(conn: Connection, claim: Claim) -> None:
+    """Give back a claim after an error that was not the upload's fault (the database or Redis away)."""
+    conn.execute(update(TABLE)
+                 .where(COLUMNS.task_id.in_(list(claim.images)), COLUMNS.claim_token == claim.token,
+                        COLUMNS.state == State.STARTED.value)
+                 .values(state=State.PENDING.value, claim_token=None, lease_expires_at=None,
+                         deliveries=COLUMNS.deliveries - 1))
+
+
+def renew(conn: Connection, claims: Iterable[Claim], lease_seconds: float) -> None:
+    """Push back the leases of claims still being worked on (a live worker keeps what it started)."""
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    for held in claims:
+        conn.execute(update(TABLE)
+                     .where(COLUMNS.task_id.in_(list(held.images)), COLUMNS.claim_token == held.token,
+                            COLUMNS.state == State.STARTED.value)
+                     .values(lease_expires_at=expires))
+
+
+def poison_reason(deliveries: int) -> str:
+    """Why an upload was given up on, in words a user can act on."""
+    return (f"Not read: {deliveries} worker{'s' if deliveries != 1 else ''} started this image and died or timed "
+            "out before answering, so it is not tried again (it may crash the reader). Try another image.")
+
+
+def fail_poison(conn: Connection, found: Iterable[Found]) -> dict[str, dict[str, Any]]:
+    """End uploads that used up their deliveries as FAILURE (guarded by the count seen); stored documents."""
+    failed: list[str] = []
+    for item in found:
+        done = conn.execute(update(TABLE)
+                            .where(COLUMNS.task_id == item.task_id, COLUMNS.deliveries == item.deliveries, _NOT_FINAL)
+                            .values(state=State.FAILURE.value, error=poison_reason(item.deliveries),
+                                    finished_at=utcnow(), lease_expires_at=None)).rowcount
+        if done:
+            failed.append(item.task_id)
+    return stored_documents(conn, failed) if failed else {}
+
+
+# --- recovery: expired claims, lost messages --------------------------------------------------------------
+
+
+def expired_claims(conn: Connection, queue: str, limit: int = 1000) -> list[Found]:
+    """STARTED uploads of this queue whose lease ran out: their worker died, stalled or was cut off."""
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.state, COLUMNS.deliveries)
+                        .where(COLUMNS.queue == queue, COLUMNS.state == State.STARTED.value,
+                               COLUMNS.lease_expires_at < utcnow())
+                        .order_by(COLUMNS.lease_expires_at).limit(limit))
+    return [Found(r.task_id, r.state, r.deliveries, leased=False) for r in rows]
+
+
+def unclaim(conn: Connection, found: Iterable[Found]) -> list[str]:
+    """Send expired claims back to PENDING (guarded by the delivery count seen); the ids that went back."""
+    back: list[str] = []
+    for item in found:
+        done = conn.execute(update(TABLE)
+                            .where(COLUMNS.task_id == item.task_id, COLUMNS.deliveries == item.deliveries,
+                                   COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < utcnow())
+                            .values(state=State.PENDING.value, claim_token=None, lease_expires_at=None)).rowcount
+        if done:
+            back.append(item.task_id)
+    return back
+
+
+def waiting_since(conn: Connection, queue: str, before: datetime, limit: int) -> list[str]:
+    """PENDING uploads of this queue last enqueued before `before`, oldest first."""
+    rows = conn.execute(select(COLUMNS.task_id)
+                        .where(COLUMNS.queue == queue, COLUMNS.state == State.PENDING.value,
+                               COLUMNS.enqueued_at < before)
+                        .order_by(COLUMNS.enqueued_at).limit(limit))
+    return [r.task_id for r in rows]
+
+
+def states(conn: Connection, task_ids: Iterable[str]) -> dict[str, str]:
+    """The state of each known id."""
+    ids = list(task_ids)
+    if not ids:
+        return {}
+    return {r.task_id: r.state for r in conn.execute(select(COLUMNS.task_id, COLUMNS.state)
+                                                         .where(COLUMNS.task_id.in_(ids)))}
+
+
+def mark_requeued(conn: Connection, task_ids: Sequence[str]) -> list[str]:
+    """Note that lost uploads are being enqueued again; the ids still PENDING (the ones to send)."""
+    now = utcnow()
+    conn.execute(update(TABLE).where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.state == State.PENDING.value)
+                 .values(enqueued_at=now))
+    rows = conn.execute(select(COLUMNS.task_id).where(COLUMNS.task_id.in_(list(task_ids)),
+                                                      COLUMNS.state == State.PENDING.value,
+                                                      COLUMNS.enqueued_at == bindparam("now", now)))
+    return [r.task_id for r in rows]

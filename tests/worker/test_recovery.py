@@ -1,0 +1,196 @@
+"""Recovery on the real database and Redis, with real Celery messages: only what is really lost comes back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from shared import predictions
+from shared.config import Settings
+from shared.queue import make_celery
+from shared.schema import Prediction, State, utcnow
+from shared.statuses import status_key
+from worker.recovery import UNACKED_INDEX_KEY, Recovery, RecoveryLoop, Snapshot
+
+MAX_ATTEMPTS = 3
+AFTER = 60.0
+
+
+@pytest.fixture
+def producer(settings: Settings):
+    """A real Celery producer on the test's own queue."""
+    return make_celery(settings.redis_url, settings.queue_name)
+
+
+@pytest.fixture
+def cache(settings: Settings) -> redis.Redis:
+    """The test Redis."""
+    return redis.Redis.from_url(settings.redis_url)
+
+
+@pytest.fixture
+def recovery(settings: Settings, db_engine, cache, producer) -> Recovery:
+    """Recovery of the test's queue, re-enqueuing through the real producer."""
+    return Recovery(db_engine, cache, settings.queue_name,
+                    lambda ids: predictions.enqueue(producer, settings.queue_name, ids),
+                    AFTER, MAX_ATTEMPTS, lambda docs: None)
+
+
+def _row(db_sessions, queue: str, *, state: str = "PENDING", enqueued_s_ago: float = 600, deliveries: int = 0,
+         lease_s: float | None = None) -> str:
+    task_id = str(uuid.uuid4())
+    at = utcnow() - timedelta(seconds=enqueued_s_ago)
+    with db_sessions() as s, s.begin():
+        s.add(Prediction(task_id=task_id, state=state, image=b"x", image_sha256=hashlib.sha256(b"x").hexdigest(),
+                         size_bytes=1, created_at=at, enqueued_at=at, deliveries=deliveries, queue=queue,
+                         claim_token=None if lease_s is None else "a-claim",
+                         lease_expires_at=None if lease_s is None else utcnow() + timedelta(seconds=lease_s)))
+    return task_id
+
+
+def _get(db_sessions, task_id: str) -> Prediction:
+    with db_sessions() as s:
+        return s.scalars(select(Prediction).where(Prediction.task_id == task_id)).one()
+
+
+def _reserve(producer, queue: str, held_s_ago: float) -> str:
+    """Take a message as a worker does (kept in kombu's unacked hash), then die without acking it."""
+    with producer.connection_for_read() as conn:
+        channel = conn.default_channel
+        message = channel.basic_get(queue, no_ack=False)
+        assert message is not None
+        channel.qos.restore_at_shutdown = False  # a SIGKILLed worker restores nothing
+        tag = message.delivery_tag
+    redis.Redis.from_url(producer.conf.broker_url).zadd(UNACKED_INDEX_KEY, {tag: time.time() - held_s_ago})
+    return tag
+
+
+def _messages(cache, queue: str) -> list[str]:
+    return sorted(Snapshot.read(cache, queue).queued)
+
+
+def test_uploads_waiting_on_the_queue_are_never_touched_however_long_they_wait(
+        settings, db_sessions, producer, cache, recovery):
+    ids = [_row(db_sessions, settings.queue_name, enqueued_s_ago=3600) for _ in range(5)]
+    predictions.enqueue(producer, settings.queue_name, ids[:1])
+    predictions.enqueue(producer, settings.queue_name, ids[1:])
+
+    for _ in range(3):
+        result = recovery.sweep()
+        assert (result.requeued, result.put_back, result.poisoned) == ([], [], [])
+
+    assert cache.llen(settings.queue_name) == 2
+    assert {_get(db_sessions, t).state for t in ids} == {"PENDING"}
+
+
+def test_an_upload_whose_message_is_gone_is_sent_again_once_seen_missing_twice(
+        settings, db_sessions, cache, recovery):
+    lost = _row(db_sessions, settings.queue_name)
+    recent = _row(db_sessions, settings.queue_name, enqueued_s_ago=1)
+
+    assert recovery.sweep().requeued == []  # once could be a message in the hand-over to a worker
+    assert recovery.sweep().requeued == [lost]
+    assert recovery.sweep().requeued == []  # its new message is on the queue now
+
+    assert _messages(cache, settings.queue_name) == [lost]
+    row = _get(db_sessions, lost)
+    assert (row.state, row.deliveries) == ("PENDING", 0)
+    assert row.enqueued_at > utcnow() - timedelta(seconds=10)
+    assert _get(db_sessions, recent).enqueued_at < utcnow() - timedelta(seconds=0.5)
+
+
+def test_a_message_held_too_long_by_a_dead_worker_goes_back_on_the_queue(
+        settings, db_sessions, producer, cache, recovery):
+    held = _row(db_sessions, settings.queue_name)
+    predictions.enqueue(producer, settings.queue_name, [held])
+    _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
+    assert cache.llen(settings.queue_name) == 0
+
+    result = recovery.sweep()
+
+    assert result.put_back == [held] and result.requeued == []
+    assert _messages(cache, settings.queue_name) == [held]
+    assert Snapshot.read(cache, settings.queue_name).held == []
+
+
+def test_a_message_a_worker_took_moments_ago_is_left_with_it(settings, db_sessions, producer, cache, recovery):
+    held = _row(db_sessions, settings.queue_name)
+    predictions.enqueue(producer, settings.queue_name, [held])
+    _reserve(producer, settings.queue_name, held_s_ago=1)
+
+    for _ in range(2):
+        result = recovery.sweep()
+        assert (result.put_back, result.requeued) == ([], [])
+    assert cache.llen(settings.queue_name) == 0
+
+
+def test_an_expired_claim_goes_back_to_pending_with_its_message(settings, db_sessions, producer, cache, recovery):
+    stalled = _row(db_sessions, settings.queue_name, state="STARTED", deliveries=1, lease_s=-1)
+    predictions.enqueue(producer, settings.queue_name, [stalled])
+    _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
+
+    result = recovery.sweep()
+
+    assert result.unclaimed == [stalled] and result.put_back == [stalled]
+    row = _get(db_sessions, stalled)
+    assert (row.state, row.deliveries, row.claim_token) == ("PENDING", 1, None)
+    assert _messages(cache, settings.queue_name) == [stalled]  # exactly one message
+
+
+def test_a_live_claim_is_left_alone_even_when_its_message_is_old(settings, db_sessions, producer, cache, recovery):
+    busy = _row(db_sessions, settings.queue_name, state="STARTED", deliveries=1, lease_s=60)
+    predictions.enqueue(producer, settings.queue_name, [busy])
+    _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
+
+    result = recovery.sweep()
+
+    assert (result.unclaimed, result.put_back, result.requeued) == ([], [], [])
+    assert _get(db_sessions, busy).state == "STARTED"
+
+
+def test_an_upload_that_used_up_its_deliveries_ends_as_poison(settings, db_sessions, cache, recovery):
+    poison = _row(db_sessions, settings.queue_name, state="STARTED", deliveries=MAX_ATTEMPTS, lease_s=-1)
+    published: list = []
+    recovery._publish = published.extend
+
+    result = recovery.sweep()
+
+    assert result.poisoned == [poison]
+    row = _get(db_sessions, poison)
+    assert row.state == State.FAILURE and f"{MAX_ATTEMPTS} workers started this image and died" in row.error
+    assert [d["task_id"] for d in published] == [poison]
+
+
+def test_recovery_looks_only_at_its_own_queue(settings, db_sessions, cache, recovery):
+    theirs = _row(db_sessions, "another-deployment")
+    stalled = _row(db_sessions, "another-deployment", state="STARTED", deliveries=1, lease_s=-1)
+
+    for _ in range(2):
+        result = recovery.sweep()
+    assert (result.requeued, result.unclaimed) == ([], [])
+    assert _get(db_sessions, theirs).enqueued_at < utcnow() - timedelta(seconds=500)
+    assert _get(db_sessions, stalled).state == "STARTED"
+
+
+def test_one_process_per_queue_holds_the_recovery_lock_and_keeps_it(settings, cache, recovery):
+    first = RecoveryLoop(recovery, cache, settings.queue_name, "worker-a", interval=5)
+    second = RecoveryLoop(recovery, cache, settings.queue_name, "worker-b", interval=5)
+    elsewhere = RecoveryLoop(recovery, cache, f"{settings.queue_name}-other", "worker-b", interval=5)
+
+    assert first.holds_lock() and not second.holds_lock()
+    assert first.holds_lock()  # the holder keeps it from sweep to sweep
+    assert elsewhere.holds_lock()  # another queue has a lock of its own
+
+
+def test_a_message_of_a_final_upload_is_not_counted_as_work(settings, db_sessions, producer, cache, recovery):
+    done = _row(db_sessions, settings.queue_name, state="SUCCESS")
+    predictions.enqueue(producer, settings.queue_name, [done])
+    assert json.loads(cache.lrange(settings.queue_name, 0, -1)[0])["headers"]["id"] == done
+    assert recovery.sweep().requeued == [] and cache.get(status_key(done)) is None

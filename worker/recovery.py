@@ -1,0 +1,233 @@
+"""Recovery: give back uploads whose worker died or stalled, and re-send those whose message is really gone.
+
+Waiting is never a fault: an upload whose message is still on the queue is left alone however long the
+backlog, so the queue never holds two messages for one upload. Each sweep (one worker process per queue
+at a time, under a Redis lock) does, for its own queue only:
+
+1. Claims whose lease ran out (the worker died, or stopped renewing): back to PENDING, or FAILURE as
+   poison once MAX_ATTEMPTS workers started the upload.
+2. PENDING uploads enqueued more than SWEEP_AFTER_SECONDS ago are looked for in Redis, in one atomic read
+   of the queue and of kombu's `unacked` hash (messages reserved by workers, acked late):
+   - on the queue: waiting, left alone;
+   - reserved by a worker for less than SWEEP_AFTER_SECONDS: in hand, left alone;
+   - reserved for longer while its upload is still PENDING: the worker died or stalled holding it, so the
+     message is put back on the queue (as kombu itself would after its one-hour visibility timeout);
+   - nowhere, in two sweeps in a row (a message being handed to a worker is in neither place for a few
+     microseconds): lost (Redis flushed or restarted empty), so the upload is enqueued again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import WatchError
+from sqlalchemy import Engine
+
+from shared import predictions
+from shared.schema import FINAL_STATES, State, utcnow
+from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps reserved (unacked) messages here, with their delivery times in the index.
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+SUSPECTS_PER_SWEEP = 5000  # the oldest first; the rest wait for the next sweep
+
+Enqueue = Callable[[Sequence[str]], None]
+
+
+def lock_key(queue: str) -> str:
+    """The Redis key that lets one process at a time recover this queue."""
+    return f"digits:recovery:{queue}"
+
+
+def message_task_ids(payload: dict[str, Any]) -> list[str]:
+    """The upload ids a kombu message carries (one for digits.predict, several for digits.predict_batch)."""
+    task = payload.get("headers", {}).get("task")
+    if task not in (PREDICT_TASK, PREDICT_BATCH_TASK):
+        return []
+    body = payload.get("body", "")
+    if payload.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    return [str(args[0])] if task == PREDICT_TASK else [str(t) for t in args[0]]
+
+
+@dataclass(frozen=True)
+class Held:
+    """A message a worker reserved and has not acked yet."""
+
+    tag: str
+    task_ids: list[str]
+    age: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where this queue's messages are, read atomically: on the queue, or reserved by workers."""
+
+    queued: frozenset[str]
+    held: list[Held]
+
+    @classmethod
+    def read(cls, redis: Redis, queue: str) -> Snapshot:
+        """One MULTI/EXEC: the queue's messages, the reserved ones, their delivery times and Redis' clock."""
+        pipe = redis.pipeline(transaction=True)
+        pipe.lrange(queue, 0, -1).hgetall(UNACKED_KEY).zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True).time()
+        raw_queue, unacked, index, (seconds, micros) = pipe.execute()
+        now = seconds + micros / 1e6
+        queued = frozenset(t for raw in raw_queue for t in message_task_ids(json.loads(raw)))
+        delivered = {(tag.decode() if isinstance(tag, bytes) else tag): score for tag, score in index}
+        held = []
+        for tag, raw in unacked.items():
+            payload, _exchange, routing_key = json.loads(raw)
+            tag = tag.decode() if isinstance(tag, bytes) else tag
+            if routing_key == queue:
+                held.append(Held(tag, message_task_ids(payload), now - delivered.get(tag, now)))
+        return cls(queued, held)
+
+
+def put_back(redis: Redis, queue: str, tag: str) -> bool:
+    """Move a reserved message back onto its queue, as kombu's restore does; False if it was acked meanwhile."""
+    with redis.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(UNACKED_KEY)
+            raw = pipe.hget(UNACKED_KEY, tag)
+            if raw is None:
+                return False
+            payload = json.loads(raw)[0]
+            payload.setdefault("headers", {})["redelivered"] = True
+            pipe.multi()
+            pipe.zrem(UNACKED_INDEX_KEY, tag).hdel(UNACKED_KEY, tag)
+            pipe.rpush(queue, json.dumps(payload))  # the consuming end: it is taken next
+            pipe.execute()
+            return True
+        except WatchError:  # acked or restored by someone else while we looked
+            return False
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did, by task id."""
+
+    unclaimed: list[str] = field(default_factory=list)
+    poisoned: list[str] = field(default_factory=list)
+    put_back: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+
+
+class Recovery:
+    """Sweeps of one queue; remembers which uploads it found without a message last time."""
+
+    def __init__(self, engine: Engine, redis: Redis, queue: str, enqueue: Enqueue, after_seconds: float,
+                 max_attempts: int, publish: Callable[[Any], None]) -> None:
+        self._engine = engine
+        self._redis = redis
+        self._queue = queue
+        self._enqueue = enqueue
+        self._after = after_seconds
+        self._max_attempts = max_attempts
+        self._publish = publish
+        self._absent_before: set[str] = set()
+
+    def sweep(self) -> SweepResult:
+        """One pass: expired claims first, then uploads whose message is gone."""
+        result = SweepResult()
+        self._expire_claims(result)
+        with self._engine.begin() as conn:
+            before = utcnow() - timedelta(seconds=self._after)
+            suspects = set(predictions.waiting_since(conn, self._queue, before, SUSPECTS_PER_SWEEP))
+        suspects |= set(result.unclaimed)
+        if suspects:
+            self._locate(suspects, result)
+        else:
+            self._absent_before = set()
+        if result.unclaimed or result.poisoned or result.put_back or result.requeued:
+            log.warning("recovery of %s: %d claim(s) expired, %d poison, %d message(s) put back, %d re-sent",
+                        self._queue, len(result.unclaimed), len(result.poisoned), len(result.put_back),
+                        len(result.requeued))
+        return result
+
+    def _expire_claims(self, result: SweepResult) -> None:
+        with self._engine.begin() as conn:
+            expired = predictions.expired_claims(conn, self._queue)
+            poison = [f for f in expired if f.deliveries >= self._max_attempts]
+            docs = predictions.fail_poison(conn, poison) if poison else {}
+            result.unclaimed = predictions.unclaim(conn, [f for f in expired if f.deliveries < self._max_attempts])
+        result.poisoned = list(docs)
+        if docs:
+            self._publish(docs.values())
+
+    def _locate(self, suspects: set[str], result: SweepResult) -> None:
+        """Find each suspect's message; put back those held too long, re-send those found nowhere twice."""
+        snapshot = Snapshot.read(self._redis, self._queue)
+        found = set(snapshot.queued)
+        stale = [h for h in snapshot.held if h.age >= self._after and suspects.intersection(h.task_ids)]
+        found.update(t for h in snapshot.held if h not in stale for t in h.task_ids)
+        with self._engine.begin() as conn:
+            current = predictions.states(conn, [t for h in stale for t in h.task_ids])
+        for held in stale:
+            # Only when none of its uploads is STARTED: a live claim means a live (if slow) worker has it.
+            in_hand = any(current.get(t) == State.STARTED.value for t in held.task_ids)
+            if not in_hand and put_back(self._redis, self._queue, held.tag):
+                result.put_back.extend(t for t in held.task_ids if current.get(t) not in FINAL_STATES)
+            found.update(held.task_ids)
+        absent = suspects - found
+        lost = sorted(absent & self._absent_before)
+        self._absent_before = absent - set(lost)
+        if lost:
+            with self._engine.begin() as conn:
+                result.requeued = predictions.mark_requeued(conn, lost)
+            if result.requeued:
+                self._enqueue(result.requeued)
+
+
+class RecoveryLoop:
+    """Runs sweeps every interval in a daemon thread, while this process holds the queue's recovery lock."""
+
+    def __init__(self, recovery: Recovery, redis: Redis, queue: str, owner: str, interval: float) -> None:
+        self._recovery = recovery
+        self._redis = redis
+        self._key = lock_key(queue)
+        self._owner = owner
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start sweeping in the background (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="recovery", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current sweep."""
+        self._stop.set()
+
+    def holds_lock(self) -> bool:
+        """Take or keep the queue's lock: the same process keeps sweeping while it lives (it remembers more)."""
+        ttl = max(2, round(3 * self._interval))  # lapses by itself: a dead sweeper never blocks the others
+        if self._redis.set(self._key, self._owner, nx=True, ex=ttl):
+            return True
+        holder = self._redis.get(self._key)
+        if holder is not None and holder.decode() == self._owner:
+            self._redis.expire(self._key, ttl)
+            return True
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if self.holds_lock():
+                    self._recovery.sweep()
+            except Exception:  # the next round tries again; recovery must never kill the worker
+                log.exception("recovery sweep failed")
