@@ -203,3 +203,37 @@ class PrivateMariaDB:
         if self.proc is not None:
             _stop(self.proc, timeout=60)
             self.proc = None
+
+
+class MakeRun:
+    """`make run` itself (python -m scripts.run_local) on the given services: web, a worker and Flower, supervised."""
+
+    def __init__(self, database_url: str, redis_url: str, data_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.queue_name = f"make-run-{self.port}"
+        self.env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, PORT=str(self.port),
+                                     FLOWER_PORT=str(free_port()), FLOWER_BASIC_AUTH="admin:make-run-test",
+                                     DATA_DIR=str(data_dir), QUEUE_NAME=self.queue_name, RATE_LIMIT="",
+                                     WORKER_METRICS_PORT="0", WEB_WORKERS="1", **env)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the launcher and wait (bounded) until the page answers and a worker has announced itself."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "scripts.run_local"], cwd=REPO_ROOT, env=self.env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"make run exited with {self.proc.returncode}"
+            try:
+                if requests.get(f"{self.base_url}/system", timeout=2).json()["workers"] >= 1:
+                    return
+            except (requests.RequestException, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"make run not serving with a worker after {timeout} s")
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user stops it: the launcher stops its children."""
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGINT, timeout=40)
