@@ -27,6 +27,13 @@ def _model_version() -> str:
     return json.loads((REPO_ROOT / "models" / "mnist_model.json").read_text())["model_version"]
 
 
+def _owner_token(page: Page) -> str:
+    """The owner token the page's first visit set as a cookie (HttpOnly: scripts cannot read it)."""
+    cookie = next(c for c in page.context.cookies() if c["name"] == "digits_owner")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    return cookie["value"]
+
+
 def _png(name: str, data: bytes) -> dict:
     return {"name": name, "mimeType": "image/png", "buffer": data}
 
@@ -179,7 +186,9 @@ def test_history_is_paged_newest_first(page, stack, mnist):
     page, _ = page
     # More than a page of history, through the API (twelve files in one request: the batch path).
     files = [("file", (f"batch-{i}.png", png_bytes(mnist.x_test[i]), "image/png")) for i in range(12)]
-    resp = requests.post(f"{stack.base_url}/predict", files=files, timeout=30)
+    # The API client sends the visitor's owner token as a header: the uploads join that visitor's history.
+    resp = requests.post(f"{stack.base_url}/predict", files=files, timeout=30,
+                         headers={"X-Owner-Token": _owner_token(page)})
     assert resp.status_code == 202, resp.text
     page.reload()
 
@@ -218,3 +227,22 @@ def test_the_page_fits_a_phone_and_can_be_used_from_the_keyboard(browser, stack,
         assert real_problems(problems) == []
     finally:
         page.context.close()
+
+
+def test_a_visitor_sees_their_own_history_and_nobody_else_does(browser, stack, mnist, screenshot):
+    first, first_problems = open_page(browser, stack.base_url)
+    second, second_problems = open_page(browser, stack.base_url)  # another browser: its own cookie jar
+    try:
+        first.set_input_files("#file-input", files=[_png("mine-only.png", png_bytes(mnist.x_test[7]))])
+        expect(first.locator("#history tbody tr", has_text="mine-only.png")).to_have_count(
+            1, timeout=ANSWER_TIMEOUT_MS)
+        second.reload()
+        expect(second.locator("#history-page")).to_have_text("Empty")
+        assert "mine-only.png" not in second.locator("#history").inner_text()
+        # Without a token at all, the API lists nothing either.
+        assert requests.get(f"{stack.base_url}/predictions", timeout=5).json()["total"] == 0
+        screenshot(first, "own-history")
+        assert real_problems(first_problems) == [] and real_problems(second_problems) == []
+    finally:
+        first.context.close()
+        second.context.close()

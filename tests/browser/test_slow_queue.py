@@ -1,7 +1,6 @@
 """The page while no worker serves the queue: the upload waits visibly, and is read once a worker starts.
 
-A module of its own: the other browser tests' worker must be gone, or its outbox sweeper would take the
-upload (every worker sweeps the whole table, since one database serves one deployment).
+A module of its own, with a web tier whose queue has no worker until the test starts one.
 """
 
 from __future__ import annotations

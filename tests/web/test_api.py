@@ -17,6 +17,7 @@ from shared.queue import announce_worker, withdraw_worker
 from shared.schema import Prediction, State
 from tests.conftest import png_bytes
 from web import create_app
+from web.owner import owner_key
 
 
 def _post(client, *files: tuple[bytes, str]):
@@ -248,3 +249,61 @@ def test_system_says_503_when_redis_is_away(settings, db_engine):
     resp = app.test_client().get("/system")
     assert resp.status_code == 503
     assert resp.get_json()["error"]["code"] == "queue_unavailable"
+
+
+def test_a_visitor_gets_an_owner_cookie_and_another_client_never_sees_their_uploads(app, client, db_sessions, mnist):
+    page = client.get("/")
+    cookie = page.headers["Set-Cookie"]
+    assert cookie.startswith("digits_owner=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    mine = _post(client, (png_bytes(mnist.x_test[0]), "mine.png")).get_json()["task_id"]
+    stranger = app.test_client()
+    theirs = _post(stranger, (png_bytes(mnist.x_test[1]), "theirs.png")).get_json()["task_id"]
+
+    assert [i["task_id"] for i in client.get("/predictions").get_json()["items"]] == [mine]
+    assert [i["task_id"] for i in stranger.get("/predictions").get_json()["items"]] == [theirs]
+    # Without any token: nothing. The stored owner is the token's hash, never the token itself.
+    assert app.test_client(use_cookies=False).get("/predictions").get_json() == {
+        "items": [], "page": 1, "per_page": 20, "total": 0}
+    token = client.get_cookie("digits_owner").value
+    with db_sessions() as s:
+        assert s.scalars(select(Prediction.owner).where(Prediction.task_id == mine)).one() == owner_key(token)
+    # The unguessable task id stays readable by whoever holds it.
+    assert stranger.get(f"/tasks/{mine}").status_code == 200
+
+
+def test_an_api_client_keeps_its_history_with_the_owner_header(app, mnist):
+    api = app.test_client(use_cookies=False)
+    token = "an-api-client-token-0123456789"
+    headers = {"X-Owner-Token": token}
+    data = {"file": [(io.BytesIO(png_bytes(mnist.x_test[2])), "api.png")]}
+    task_id = api.post("/predict", data=data, content_type="multipart/form-data", headers=headers).get_json()["task_id"]
+
+    assert [i["task_id"] for i in api.get("/predictions", headers=headers).get_json()["items"]] == [task_id]
+    assert api.get("/predictions", headers={"X-Owner-Token": "someone-else-token-0123456789"}).get_json()["total"] == 0
+
+
+def _basic(credentials: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def test_operators_list_everyone_with_credentials_from_the_environment(settings, db_engine, mnist):
+    app = create_app(settings.model_copy(update={"admin_basic_auth": "ops:a-long-operator-password"}))
+    for i in range(2):
+        _post(app.test_client(), (png_bytes(mnist.x_test[i]), f"visitor-{i}.png"))
+    ops = app.test_client(use_cookies=False)
+
+    everyone = ops.get("/predictions", headers=_basic("ops:a-long-operator-password")).get_json()
+    assert {i["filename"] for i in everyone["items"]} == {"visitor-0.png", "visitor-1.png"}
+    wrong = ops.get("/predictions", headers=_basic("ops:guess"))
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_without_admin_credentials_configured_no_password_lists_everything(client):
+    assert settings_default_admin() is None
+    resp = client.get("/predictions", headers=_basic("admin:admin"))
+    assert resp.status_code == 401
+
+
+def settings_default_admin() -> str | None:
+    """ADMIN_BASIC_AUTH's default: none, so there is no default password."""
+    return Settings.model_fields["admin_basic_auth"].default

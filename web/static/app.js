@@ -246,7 +246,10 @@ const poller = {
           const { tasks } = await response.json();
           let finished = false;
           tasks.forEach((doc, i) => { finished = batch[i].update(doc) || finished; });
-          if (finished) history.refreshSoon();
+          if (finished) {  // answers arrive: the history and the service line (workers, queue) have news too
+            history.refreshSoon();
+            refreshSystemSoon();
+          }
           failures = 0;
           showError("");
           // Answered at once with nothing new: the server had no thread to hold us. Don't spin.
@@ -387,7 +390,13 @@ async function refreshSystem() {
   }
 }
 
-// ---- History: the database's record, paged ----
+let systemTimer = null;
+function refreshSystemSoon() {  // many answers arrive together: one refresh for all of them
+  clearTimeout(systemTimer);
+  systemTimer = setTimeout(refreshSystem, 300);
+}
+
+// ---- History: this visitor's uploads from the database, paged ----
 
 const history = {
   page: 1,
