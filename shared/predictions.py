@@ -20,12 +20,12 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 
 from shared.schema import FINAL_STATES, STATUS_COLUMNS, Prediction, State, status_document, utcnow
@@ -34,7 +34,7 @@ from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 
 log = logging.getLogger(__name__)
 
-TABLE = Prediction.__table__
+TABLE = cast(Table, Prediction.__table__)
 COLUMNS = TABLE.c
 STATUS_SELECT = [COLUMNS[name] for name in STATUS_COLUMNS]
 CHUNK = 64  # task ids per message when several are enqueued at once

@@ -107,7 +107,7 @@ STATUS_COLUMNS = ("task_id", "state", "digit", "confidence", "probabilities", "m
                   "created_at", "finished_at")
 
 
-def status_document(values: Mapping[str, Any]) -> dict[str, Any]:
+def status_document(values: Mapping[Any, Any]) -> dict[str, Any]:
     """The API's status shape from a row's values (missing ones are None)."""
     doc = {name: values.get(name) for name in STATUS_COLUMNS}
     doc["created_at"] = iso(doc["created_at"])

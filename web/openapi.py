@@ -23,6 +23,10 @@ UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 WAIT = {"name": "wait", "in": "query", "required": False,
         "description": "Hold the answer up to this many seconds until the task is final (long poll).",
         "schema": {"type": "number", "minimum": 0, "maximum": 30}}
+OWNER = {"name": "X-Owner-Token", "in": "header", "required": False,
+         "description": "The client's own owner token (22-128 URL-safe characters); the page uses a cookie instead. "
+                        "Uploads are recorded under it, and GET /predictions lists only its uploads.",
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22,128}$"}}
 UNTIL = {"name": "until", "in": "query", "required": False,
          "description": "With wait: `all` (default) holds until every task is final, `any` until one is.",
          "schema": {"type": "string", "enum": ["all", "any"]}}
@@ -34,6 +38,7 @@ SPEC: dict[str, Any] = {
     "paths": {
         "/predict": {"post": {
             "summary": "Upload one or several images (multipart field `file`)",
+            "parameters": [OWNER],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"],
                 "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
@@ -53,6 +58,7 @@ SPEC: dict[str, Any] = {
             "responses": {
                 "200": {"description": "Its status document",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+                "400": _error("A `wait` that is not a number of seconds from 0 to 30"),
                 "404": _error("No such task"),
                 "503": _error("Database unavailable"),
             }}},
@@ -67,13 +73,13 @@ SPEC: dict[str, Any] = {
                             "type": "object", "required": ["tasks"],
                             "properties": {"tasks": {"type": "array",
                                                      "items": {"$ref": "#/components/schemas/Status"}}}}}}},
-                "400": _error("No ids, or too many, or a bad `until`"),
+                "400": _error("No ids, or too many, or a bad `wait` or `until`"),
                 "404": _error("An unknown id"),
                 "503": _error("Database unavailable"),
             }}},
         "/predictions": {"get": {
-            "summary": "Recent predictions, newest first",
-            "parameters": [
+            "summary": "The caller's recent predictions (by owner token; operators with basic auth: everyone's)",
+            "parameters": [OWNER,
                 {"name": "page", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000}},
                 {"name": "per_page", "in": "query", "required": False,
@@ -85,6 +91,7 @@ SPEC: dict[str, Any] = {
                                    "page": {"type": "integer"}, "per_page": {"type": "integer"},
                                    "total": {"type": "integer"}}}}}},
                 "400": _error("Bad page parameters"),
+                "401": _error("Operator credentials that are not valid"),
                 "503": _error("Database unavailable"),
             }}},
         "/system": {"get": {

@@ -13,7 +13,8 @@ from shared.schema import iso, utcnow
 
 log = logging.getLogger(__name__)
 
-INTERVAL_SECONDS = 10.0
+# Short, so the page's worker count is current within seconds of a worker dying (one HSET per interval).
+INTERVAL_SECONDS = 5.0
 # Three missed renewals and the worker is taken for gone (killed, frozen or cut off from Redis).
 TTL_SECONDS = 3 * INTERVAL_SECONDS
 

@@ -50,6 +50,10 @@ def lock_key(queue: str) -> str:
     return f"digits:recovery:{queue}"
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def message_task_ids(payload: dict[str, Any]) -> list[str]:
     """The upload ids a kombu message carries (one for digits.predict, several for digits.predict_batch)."""
     task = payload.get("headers", {}).get("task")
@@ -82,15 +86,18 @@ class Snapshot:
     def read(cls, redis: Redis, queue: str) -> Snapshot:
         """One MULTI/EXEC: the queue's messages, the reserved ones, their delivery times and Redis' clock."""
         pipe = redis.pipeline(transaction=True)
-        pipe.lrange(queue, 0, -1).hgetall(UNACKED_KEY).zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True).time()
+        pipe.lrange(queue, 0, -1)
+        pipe.hgetall(UNACKED_KEY)
+        pipe.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)
+        pipe.time()
         raw_queue, unacked, index, (seconds, micros) = pipe.execute()
         now = seconds + micros / 1e6
         queued = frozenset(t for raw in raw_queue for t in message_task_ids(json.loads(raw)))
-        delivered = {(tag.decode() if isinstance(tag, bytes) else tag): score for tag, score in index}
+        delivered = {_text(tag): score for tag, score in index}
         held = []
         for tag, raw in unacked.items():
             payload, _exchange, routing_key = json.loads(raw)
-            tag = tag.decode() if isinstance(tag, bytes) else tag
+            tag = _text(tag)
             if routing_key == queue:
                 held.append(Held(tag, message_task_ids(payload), now - delivered.get(tag, now)))
         return cls(queued, held)
@@ -107,7 +114,8 @@ def put_back(redis: Redis, queue: str, tag: str) -> bool:
             payload = json.loads(raw)[0]
             payload.setdefault("headers", {})["redelivered"] = True
             pipe.multi()
-            pipe.zrem(UNACKED_INDEX_KEY, tag).hdel(UNACKED_KEY, tag)
+            pipe.zrem(UNACKED_INDEX_KEY, tag)
+            pipe.hdel(UNACKED_KEY, tag)
             pipe.rpush(queue, json.dumps(payload))  # the consuming end: it is taken next
             pipe.execute()
             return True
@@ -219,7 +227,7 @@ class RecoveryLoop:
         if self._redis.set(self._key, self._owner, nx=True, ex=ttl):
             return True
         holder = self._redis.get(self._key)
-        if holder is not None and holder.decode() == self._owner:
+        if holder is not None and _text(holder) == self._owner:
             self._redis.expire(self._key, ttl)
             return True
         return False
