@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 SUSPECTS_PER_SWEEP = 5000  # the oldest first; the rest wait for the next sweep
+# Messages read per sweep, from the consuming end (the oldest). A longer queue is still draining, so nothing
+# on it can be called lost this sweep: its tail is not read (that would move megabytes every sweep).
+SCAN_LIMIT = 10_000
 
 Enqueue = Callable[[Sequence[str]], None]
 
@@ -81,16 +84,18 @@ class Snapshot:
 
     queued: frozenset[str]
     held: list[Held]
+    complete: bool = True  # the whole queue was read: an upload found nowhere really has no message
 
     @classmethod
     def read(cls, redis: Redis, queue: str) -> Snapshot:
         """One MULTI/EXEC: the queue's messages, the reserved ones, their delivery times and Redis' clock."""
         pipe = redis.pipeline(transaction=True)
-        pipe.lrange(queue, 0, -1)
+        pipe.llen(queue)
+        pipe.lrange(queue, -SCAN_LIMIT, -1)
         pipe.hgetall(UNACKED_KEY)
         pipe.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)
         pipe.time()
-        raw_queue, unacked, index, (seconds, micros) = pipe.execute()
+        length, raw_queue, unacked, index, (seconds, micros) = pipe.execute()
         now = seconds + micros / 1e6
         queued = frozenset(t for raw in raw_queue for t in message_task_ids(json.loads(raw)))
         delivered = {_text(tag): score for tag, score in index}
@@ -100,7 +105,7 @@ class Snapshot:
             tag = _text(tag)
             if routing_key == queue:
                 held.append(Held(tag, message_task_ids(payload), now - delivered.get(tag, now)))
-        return cls(queued, held)
+        return cls(queued, held, complete=length <= SCAN_LIMIT)
 
 
 def put_back(redis: Redis, queue: str, tag: str) -> bool:
@@ -189,7 +194,7 @@ class Recovery:
             if not in_hand and put_back(self._redis, self._queue, held.tag):
                 result.put_back.extend(t for t in held.task_ids if current.get(t) not in FINAL_STATES)
             found.update(held.task_ids)
-        absent = suspects - found
+        absent = suspects - found if snapshot.complete else set()
         lost = sorted(absent & self._absent_before)
         self._absent_before = absent - set(lost)
         if lost:

@@ -194,3 +194,16 @@ def test_a_message_of_a_final_upload_is_not_counted_as_work(settings, db_session
     predictions.enqueue(producer, settings.queue_name, [done])
     assert json.loads(cache.lrange(settings.queue_name, 0, -1)[0])["headers"]["id"] == done
     assert recovery.sweep().requeued == [] and cache.get(status_key(done)) is None
+
+
+def test_nothing_is_called_lost_while_the_queue_is_longer_than_one_read(
+        settings, db_sessions, producer, cache, recovery, monkeypatch):
+    monkeypatch.setattr("worker.recovery.SCAN_LIMIT", 2)
+    waiting = [_row(db_sessions, settings.queue_name) for _ in range(3)]
+    predictions.enqueue(producer, settings.queue_name, waiting[:1])
+    predictions.enqueue(producer, settings.queue_name, waiting[1:2])
+    predictions.enqueue(producer, settings.queue_name, waiting[2:])
+
+    for _ in range(3):  # the oldest message is beyond the read: it must not be taken for lost
+        assert recovery.sweep().requeued == []
+    assert cache.llen(settings.queue_name) == 3
