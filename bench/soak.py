@@ -48,18 +48,19 @@ MB = 1024 * 1024
 REDIS_SERIES = "redis used_memory"
 
 
-def plateaued(values: Sequence[float], rel: float = 0.10, abs_mb: float = 5.0) -> bool:
-    """Whether a memory series (MB) stopped growing: second half's max <= first half's max + min(10%, 5 MB).
+def plateaued(values: Sequence[float], rel: float = 0.05, abs_mb: float = 2.0) -> bool:
+    """Whether a memory series (MB) stopped growing: last third's max <= middle third's max + max(5%, 2 MB).
 
-    The samples are split in two halves (the middle one of an odd count belongs to neither). The
-    series plateaued when the maximum over the second half is at most `rel` (10%) above the maximum
-    over the first half AND at most `abs_mb` (5 MB) above it. Needs at least two samples.
+    The first third is left out: it is the fill-up to the bounds a healthy process reaches (Flower's
+    max_tasks, the status TTL in Redis, a worker's warm-up). A series that still grows at the end of the run
+    keeps raising its maximum from the middle third to the last one; noise and a drift within the larger of
+    `rel` (5%) and `abs_mb` (2 MB) do not count. Needs at least three samples.
     """
-    if len(values) < 2:
-        raise ValueError("a plateau needs at least two samples")
-    half = len(values) // 2
-    first, second = max(values[:half]), max(values[len(values) - half:])
-    return second - first <= min(rel * first, abs_mb)
+    if len(values) < 3:
+        raise ValueError("a plateau needs at least three samples")
+    third = len(values) // 3
+    middle, last = max(values[third:len(values) - third]), max(values[len(values) - third:])
+    return last - middle <= max(rel * middle, abs_mb)
 
 
 def clock(seconds: float) -> str:
@@ -69,9 +70,9 @@ def clock(seconds: float) -> str:
 
 
 def verdict(values: Sequence[float | None]) -> str:
-    """'yes' / 'NO' for a series with gaps (None), '?' when fewer than two samples exist."""
+    """'yes' / 'NO' for a series with gaps (None), '?' when fewer than three samples exist."""
     known = [v for v in values if v is not None]
-    if len(known) < 2:
+    if len(known) < 3:
         return "?"
     return "yes" if plateaued(known) else "NO"
 
