@@ -38,7 +38,12 @@ TABLE = cast(Table, Prediction.__table__)
 COLUMNS = TABLE.c
 STATUS_SELECT = [COLUMNS[name] for name in STATUS_COLUMNS]
 CHUNK = 64  # task ids per message when several are enqueued at once
-_NOT_FINAL = COLUMNS.state.notin_([state.value for state in FINAL_STATES])
+
+
+def _claimable(now: datetime) -> Any:
+    """PENDING, or STARTED under a lease that ran out: nobody is working on it."""
+    return or_(COLUMNS.state == State.PENDING.value,
+               and_(COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < now))
 
 
 @dataclass(frozen=True)
@@ -163,10 +168,8 @@ def claim(conn: Connection, task_ids: Sequence[str], deliveries: int, worker: st
     """
     token = secrets.token_hex(16)
     now = utcnow()
-    claimable = or_(COLUMNS.state == State.PENDING.value,
-                    and_(COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < now))
     conn.execute(update(TABLE)
-                 .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.deliveries == deliveries, claimable)
+                 .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.deliveries == deliveries, _claimable(now))
                  .values(state=State.STARTED.value, claim_token=token, deliveries=COLUMNS.deliveries + 1,
                          lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now, worker=worker))
     rows = conn.execute(select(COLUMNS.task_id, COLUMNS.image, COLUMNS.created_at)
@@ -249,11 +252,16 @@ def poison_reason(deliveries: int) -> str:
 
 
 def fail_poison(conn: Connection, found: Iterable[Found]) -> dict[str, dict[str, Any]]:
-    """End uploads that used up their deliveries as FAILURE (guarded by the count seen); stored documents."""
+    """End uploads that used up their deliveries as FAILURE; stored documents.
+
+    Guarded by the delivery count seen and by nobody holding a live claim: a lease renewed, or a claim given
+    back and taken again, since the caller looked leaves the upload alone.
+    """
     failed: list[str] = []
     for item in found:
         done = conn.execute(update(TABLE)
-                            .where(COLUMNS.task_id == item.task_id, COLUMNS.deliveries == item.deliveries, _NOT_FINAL)
+                            .where(COLUMNS.task_id == item.task_id, COLUMNS.deliveries == item.deliveries,
+                                   _claimable(utcnow()))
                             .values(state=State.FAILURE.value, error=poison_reason(item.deliveries),
                                     finished_at=utcnow(), lease_expires_at=None)).rowcount
         if done:

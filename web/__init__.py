@@ -12,6 +12,7 @@ from shared.config import REPO_ROOT, Settings, get_settings
 from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_celery
+from web import owner
 from web.results import ResultWaiter
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web"),
         "redis": redis_client,
         # Its listener thread starts on the first long poll, inside the serving process.
+        "operators": owner.operator_credentials(settings.admin_basic_auth),
         "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
                                 max_waiting=settings.max_long_polls),
     }
 
-    from web import api, errors, headers, health, limits, metrics, openapi, owner, pages
+    from web import api, errors, headers, health, limits, metrics, openapi, pages
     from web.db import close_session
 
     app.teardown_appcontext(close_session)

@@ -193,13 +193,15 @@ def tasks_status() -> ResponseReturnValue:
 
 
 @bp.get("/predictions")
+# Guessing the operators' password: ten wrong tries a minute per address (right ones are not counted).
+@limiter.limit("10/minute", deduct_when=lambda response: response.status_code == 401)
 def predictions_page() -> ResponseReturnValue:
     """The caller's own predictions (operators: everyone's), newest first, paginated; no token, no rows."""
     page = request.args.get("page", 1, type=int) or 1
     per_page = request.args.get("per_page", 20, type=int) or 20
     if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= 100:
         raise ApiError(400, "bad_page", f"page must be between 1 and {MAX_PAGE}, per_page between 1 and 100.")
-    everyone = is_operator(db.settings().admin_basic_auth)
+    everyone = is_operator(db.operator_credentials())
     owner = None if everyone else presented()
     if not everyone and owner is None:
         return jsonify({"items": [], "page": page, "per_page": per_page, "total": 0})

@@ -39,6 +39,11 @@ def result_waiter() -> ResultWaiter:
     return deps()["results"]
 
 
+def operator_credentials() -> str | None:
+    """ADMIN_BASIC_AUTH, when it is set and strong enough to list everyone's uploads."""
+    return deps()["operators"]
+
+
 def engine() -> Engine:
     """The app's engine (one pool per process)."""
     return deps()["engine"]

@@ -28,7 +28,9 @@ def uploads_unlimited() -> bool:
 def register(app: Flask, settings: Settings) -> None:
     """Count uploads per client address in Redis; behind proxies, trust their X-Forwarded-For."""
     if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+        # X-Forwarded-Proto too: behind a TLS-terminating ingress the owner cookie must still be Secure.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,  # type: ignore[method-assign]
+                                x_proto=settings.trusted_proxies)
     app.config.update(
         # No limit configured: the limiter stays out of the request path entirely.
         RATELIMIT_ENABLED=bool(settings.rate_limit),

@@ -7,16 +7,18 @@ Operators list every upload with ADMIN_BASIC_AUTH's credentials; unset, nobody c
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 
 from flask import Flask, Response, g, request
 
+from shared.credentials import CredentialsRefused, check_basic_auth
 from web.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 COOKIE = "digits_owner"
 HEADER = "X-Owner-Token"
@@ -49,18 +51,29 @@ def current_or_new() -> str:
 
 
 def is_operator(admin_basic_auth: str | None) -> bool:
-    """Whether the request carries the operators' credentials; wrong credentials are a 401, never a fallback."""
-    header = request.headers.get("Authorization")
-    if header is None:
+    """Whether the request carries the operators' Basic credentials; wrong ones are a 401, never a fallback.
+
+    Without operator credentials configured, or with another scheme (a proxy's Bearer token, say), the
+    request is an ordinary visitor's.
+    """
+    auth = request.authorization
+    if not admin_basic_auth or auth is None or auth.type != "basic":
         return False
-    scheme, _, encoded = header.partition(" ")
-    try:
-        given = base64.b64decode(encoded, validate=True).decode() if scheme.lower() == "basic" else ""
-    except (binascii.Error, UnicodeDecodeError):
-        given = ""
-    if not admin_basic_auth or not hmac.compare_digest(given.encode(), admin_basic_auth.encode()):
+    given = f"{auth.username or ''}:{auth.password or ''}"
+    if not hmac.compare_digest(given.encode(), admin_basic_auth.encode()):
         raise ApiError(401, "unauthorized", "These operator credentials are not valid.")
     return True
+
+
+def operator_credentials(admin_basic_auth: str | None) -> str | None:
+    """ADMIN_BASIC_AUTH if it is fit for use; a weak or example password disables operator listing (logged)."""
+    if not admin_basic_auth:
+        return None
+    try:
+        return check_basic_auth(admin_basic_auth, local_mode=False, variable="ADMIN_BASIC_AUTH", hint="")
+    except CredentialsRefused as exc:
+        log.error("operators cannot list uploads: %s", exc)
+        return None
 
 
 def register(app: Flask) -> None:

@@ -15,34 +15,13 @@ import logging
 import sys
 
 from shared.config import FlowerSettings, expose_to_library
+from shared.credentials import CredentialsRefused, check_basic_auth
 from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
-# Placeholders of .env.example / k8s/secret.example.yaml and passwords nobody should ship.
-WEAK_PASSWORDS = frozenset({"change_me", "changeme", "password", "admin", "flower", "secret", "example"})
-MIN_LENGTH = 12
 # Flower's own environment option for its basic auth (flower/command.py, apply_env_options).
 AUTH_VARIABLE = "FLOWER_BASIC_AUTH"
-
-
-class CredentialsRefused(ValueError):
-    """Flower's credentials are missing or not fit for a deployment."""
-
-
-def check_basic_auth(value: str | None, local_mode: bool) -> str:
-    """The `user:password` to give Flower, or CredentialsRefused saying what is wrong."""
-    if not value or ":" not in value:
-        raise CredentialsRefused("FLOWER_BASIC_AUTH must be set to user:password")
-    user, password = value.split(":", 1)
-    if not user or not password:
-        raise CredentialsRefused("FLOWER_BASIC_AUTH needs both a user and a password (user:password)")
-    if not local_mode and (password.lower() in WEAK_PASSWORDS or "change_me" in password.lower()
-                           or len(password) < MIN_LENGTH):
-        raise CredentialsRefused(
-            f"FLOWER_BASIC_AUTH's password is the example or too weak (at least {MIN_LENGTH} characters, "
-            "e.g. `openssl rand -hex 12`); only a local run (FLOWER_LOCAL_MODE=1) may use such a password")
-    return value
 
 
 def check_options(argv: list[str]) -> None:

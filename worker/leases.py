@@ -2,7 +2,8 @@
 
 A claim's lease lasts SWEEP_AFTER_SECONDS. Batches normally finish in milliseconds, but a long one (a
 cold GPU, a huge image) is renewed every third of the lease by a daemon thread. A process that dies or
-is stopped renews nothing, so its claims run out and recovery hands them to another worker.
+is stopped renews nothing, so its claims run out and recovery hands them to another worker. A process
+that lives but hangs (a wedged GPU call) stops renewing after MAX_HOLD_LEASES leases, for the same end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from shared.predictions import Claim
 
 log = logging.getLogger(__name__)
 
+# No batch legitimately takes this many leases (three minutes by default): past it, the work is presumed hung.
+MAX_HOLD_LEASES = 3
+
 
 class Leases:
     """The claims this process holds, renewed in the background while they are held."""
@@ -27,7 +31,7 @@ class Leases:
     def __init__(self, engine: Engine, seconds: float) -> None:
         self.seconds = seconds
         self._engine = engine
-        self._held: dict[str, Claim] = {}
+        self._held: dict[str, tuple[Claim, float]] = {}  # token -> (claim, when it was taken, monotonic)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -36,7 +40,7 @@ class Leases:
         """Renew this claim's lease for as long as the block runs."""
         self._ensure_thread()
         with self._lock:
-            self._held[claim.token] = claim
+            self._held[claim.token] = (claim, time.monotonic())
         try:
             yield
         finally:
@@ -44,9 +48,10 @@ class Leases:
                 self._held.pop(claim.token, None)
 
     def renew_now(self) -> None:
-        """Renew every held lease once."""
+        """Renew once every lease held for less than MAX_HOLD_LEASES leases."""
+        oldest = time.monotonic() - MAX_HOLD_LEASES * self.seconds
         with self._lock:
-            held = list(self._held.values())
+            held = [claim for claim, since in self._held.values() if since > oldest]
         if held:
             with self._engine.begin() as conn:
                 predictions.renew(conn, held, self.seconds)

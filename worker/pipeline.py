@@ -17,6 +17,7 @@ import numpy as np
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared import predictions
 from shared.imaging import ImageRejected
@@ -27,7 +28,7 @@ from worker.leases import Leases
 log = logging.getLogger(__name__)
 
 # Errors of the services around the worker, not of the upload: the claim is given back, and the task retries.
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, RedisError, OSError)
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, RedisError, OSError)
 
 
 class Model(Protocol):

@@ -22,13 +22,13 @@ import base64
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import WatchError
 from sqlalchemy import Engine
 
 from shared import predictions
@@ -46,6 +46,24 @@ SUSPECTS_PER_SWEEP = 5000  # the oldest first; the rest wait for the next sweep
 SCAN_LIMIT = 10_000
 
 Enqueue = Callable[[Sequence[str]], None]
+
+# Take the lock, or keep it if this process holds it: one atomic step, so two processes never both sweep.
+_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('expire', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+return 0
+"""
+# Move a reserved message back onto its queue if it is still the entry we read (compare-and-move, atomic).
+_PUT_BACK = """
+if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('rpush', KEYS[3], ARGV[3])
+return 1
+"""
 
 
 def lock_key(queue: str) -> str:
@@ -67,6 +85,15 @@ def message_task_ids(payload: dict[str, Any]) -> list[str]:
         body = base64.b64decode(body)
     args = json.loads(body)[0]
     return [str(args[0])] if task == PREDICT_TASK else [str(t) for t in args[0]]
+
+
+def _due(payload: dict[str, Any]) -> float:
+    """When a message may run (a retry's ETA), as a Unix time; 0 when at once."""
+    eta = payload.get("headers", {}).get("eta")
+    try:
+        return datetime.fromisoformat(eta).timestamp() if eta else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -97,35 +124,48 @@ class Snapshot:
         pipe.time()
         length, raw_queue, unacked, index, (seconds, micros) = pipe.execute()
         now = seconds + micros / 1e6
-        queued = frozenset(t for raw in raw_queue for t in message_task_ids(json.loads(raw)))
+        queued: set[str] = set()
+        complete = length <= SCAN_LIMIT
+        for raw in raw_queue:
+            try:
+                queued.update(message_task_ids(json.loads(raw)))
+            except (ValueError, TypeError, KeyError, IndexError):  # not ours to read: no upload is lost for sure
+                complete = False
         delivered = {_text(tag): score for tag, score in index}
-        held = []
-        for tag, raw in unacked.items():
+        return cls(frozenset(queued), _held(unacked, delivered, queue, now), complete)
+
+
+def _held(unacked: dict[Any, Any], delivered: dict[str, float], queue: str, now: float) -> list[Held]:
+    """This queue's reserved messages; a retry waiting for its ETA counts its age from the ETA."""
+    held = []
+    for tag, raw in unacked.items():
+        try:
             payload, _exchange, routing_key = json.loads(raw)
-            tag = _text(tag)
             if routing_key == queue:
-                held.append(Held(tag, message_task_ids(payload), now - delivered.get(tag, now)))
-        return cls(queued, held, complete=length <= SCAN_LIMIT)
+                since = max(delivered.get(_text(tag), now), _due(payload))
+                held.append(Held(_text(tag), message_task_ids(payload), now - since))
+        except (ValueError, TypeError, KeyError, IndexError):
+            log.warning("recovery: unreadable reserved message %s left alone", _text(tag))
+    return held
 
 
 def put_back(redis: Redis, queue: str, tag: str) -> bool:
-    """Move a reserved message back onto its queue, as kombu's restore does; False if it was acked meanwhile."""
-    with redis.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(UNACKED_KEY)
-            raw = pipe.hget(UNACKED_KEY, tag)
-            if raw is None:
-                return False
-            payload = json.loads(raw)[0]
-            payload.setdefault("headers", {})["redelivered"] = True
-            pipe.multi()
-            pipe.zrem(UNACKED_INDEX_KEY, tag)
-            pipe.hdel(UNACKED_KEY, tag)
-            pipe.rpush(queue, json.dumps(payload))  # the consuming end: it is taken next
-            pipe.execute()
-            return True
-        except WatchError:  # acked or restored by someone else while we looked
-            return False
+    """Move a reserved message back onto its queue, as kombu's restore does; False if it was acked meanwhile.
+
+    It goes back under a new delivery tag, so a late ack from the worker that held it cannot remove the
+    next holder's reservation.
+    """
+    raw = redis.hget(UNACKED_KEY, tag)
+    if raw is None:
+        return False
+    payload = json.loads(raw)[0]
+    payload.setdefault("headers", {})["redelivered"] = True
+    properties = payload.setdefault("properties", {})
+    properties.setdefault("delivery_info", {})["redelivered"] = True
+    properties["delivery_tag"] = str(uuid.uuid4())
+    moved = redis.register_script(_PUT_BACK)(keys=[UNACKED_KEY, UNACKED_INDEX_KEY, queue],
+                                             args=[tag, raw, json.dumps(payload)])
+    return bool(moved)  # rpush: the consuming end, so it is taken next
 
 
 @dataclass
@@ -229,13 +269,7 @@ class RecoveryLoop:
     def holds_lock(self) -> bool:
         """Take or keep the queue's lock: the same process keeps sweeping while it lives (it remembers more)."""
         ttl = max(2, round(3 * self._interval))  # lapses by itself: a dead sweeper never blocks the others
-        if self._redis.set(self._key, self._owner, nx=True, ex=ttl):
-            return True
-        holder = self._redis.get(self._key)
-        if holder is not None and _text(holder) == self._owner:
-            self._redis.expire(self._key, ttl)
-            return True
-        return False
+        return bool(self._redis.register_script(_LOCK)(keys=[self._key], args=[self._owner, ttl]))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -69,9 +69,9 @@ def get_runtime() -> WorkerRuntime:
 def _build(settings: Settings) -> WorkerRuntime:
     """Load the model and open the pools; called once per process, after any fork."""
     predictor = load_predictor(settings.model_path, threads=settings.worker_tf_threads)
-    # A connection for each task thread that may run a batch at once (plus the lease and recovery
-    # threads), kept open: no connect churn.
-    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 2, max_overflow=0)
+    # A connection for each task thread that may run a batch at once, plus the micro-batcher's, the lease
+    # thread's and recovery's, kept open: no connect churn.
+    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 3, max_overflow=0)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     name = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import RedisError
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from worker.celery_app import app
+from worker.pipeline import INFRASTRUCTURE_ERRORS
 
 # The database or Redis may be away for a while: retry with backoff rather than drop a result.
 RETRY = {
-    "autoretry_for": (OperationalError, InterfaceError, RedisError),
+    "autoretry_for": INFRASTRUCTURE_ERRORS,
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "retry_jitter": True,

@@ -298,12 +298,24 @@ def test_operators_list_everyone_with_credentials_from_the_environment(settings,
     assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "unauthorized"
 
 
-def test_without_admin_credentials_configured_no_password_lists_everything(client):
-    assert settings_default_admin() is None
+def test_without_admin_credentials_configured_no_password_lists_everything(client, mnist):
+    assert Settings.model_fields["admin_basic_auth"].default is None
+    _post(client.application.test_client(), (png_bytes(mnist.x_test[0]), "someone.png"))
     resp = client.get("/predictions", headers=_basic("admin:admin"))
-    assert resp.status_code == 401
+    assert resp.status_code == 200 and resp.get_json()["total"] == 0  # an ordinary visitor, with no uploads
 
 
-def settings_default_admin() -> str | None:
-    """ADMIN_BASIC_AUTH's default: none, so there is no default password."""
-    return Settings.model_fields["admin_basic_auth"].default
+def test_a_weak_or_example_admin_password_disables_operator_listing(settings, db_engine, mnist, capsys):
+    app = create_app(settings.model_copy(update={"admin_basic_auth": "ops:CHANGE_ME_admin_password"}))
+    _post(app.test_client(), (png_bytes(mnist.x_test[0]), "someone.png"))
+
+    resp = app.test_client().get("/predictions", headers=_basic("ops:CHANGE_ME_admin_password"))
+
+    assert resp.status_code == 200 and resp.get_json()["total"] == 0
+    assert "ADMIN_BASIC_AUTH's password is the example or too weak" in capsys.readouterr().err
+
+
+def test_behind_a_tls_proxy_the_owner_cookie_is_secure(settings, db_engine):
+    app = create_app(settings.model_copy(update={"trusted_proxies": 1}))
+    cookie = app.test_client().get("/", headers={"X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    assert "Secure" in cookie

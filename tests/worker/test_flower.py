@@ -17,7 +17,8 @@ import redis
 import requests
 
 from shared.config import REPO_ROOT, child_environment
-from worker.flower import CredentialsRefused, check_basic_auth, check_options
+from shared.credentials import CredentialsRefused, check_basic_auth
+from worker.flower import check_options
 
 START_TIMEOUT = 60.0
 

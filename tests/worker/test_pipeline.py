@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from shared import imaging
+from shared import imaging, predictions
 from shared.config import REPO_ROOT
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
@@ -219,3 +219,23 @@ def test_uploads_that_killed_a_worker_before_are_tried_alone_after_the_fresh_one
     # The first two calls are the fresh batch; each retried upload is claimed alone, after them.
     assert [states[fresh[0]] for states in seen] == ["STARTED", "STARTED", "SUCCESS", "SUCCESS"]
     assert [states[retried[1]] for states in seen[2:]] == ["PENDING", "STARTED"]
+
+
+def test_a_held_claim_is_renewed_but_not_forever(db_sessions, monkeypatch):
+    task_id = "00000000-0000-4000-8000-000000000701"
+    _add(db_sessions, b"x", task_id)
+    engine = db_sessions.kw["bind"]
+    leases = Leases(engine, 60)
+    with engine.begin() as conn:
+        claim = predictions.claim(conn, [task_id], 0, "test-worker", lease_seconds=1)
+    first = _row(db_sessions, task_id).lease_expires_at
+
+    with leases.holding(claim):
+        leases.renew_now()
+        renewed = _row(db_sessions, task_id).lease_expires_at
+        monkeypatch.setattr("worker.leases.MAX_HOLD_LEASES", 0)  # as if held past every reasonable batch
+        leases.renew_now()
+        hung = _row(db_sessions, task_id).lease_expires_at
+
+    assert renewed > first + timedelta(seconds=30)
+    assert hung == renewed  # a hung batch stops renewing: its lease runs out and recovery takes over

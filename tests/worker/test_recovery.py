@@ -207,3 +207,45 @@ def test_nothing_is_called_lost_while_the_queue_is_longer_than_one_read(
     for _ in range(3):  # the oldest message is beyond the read: it must not be taken for lost
         assert recovery.sweep().requeued == []
     assert cache.llen(settings.queue_name) == 3
+
+
+def test_a_message_put_back_gets_a_new_delivery_tag(settings, db_sessions, producer, cache, recovery):
+    held = _row(db_sessions, settings.queue_name)
+    predictions.enqueue(producer, settings.queue_name, [held])
+    old_tag = _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
+
+    assert recovery.sweep().put_back == [held]
+
+    (raw,) = cache.lrange(settings.queue_name, 0, -1)
+    payload = json.loads(raw)
+    # The dead worker's late ack (of old_tag) cannot remove the next holder's reservation.
+    assert payload["properties"]["delivery_tag"] != old_tag
+    assert payload["headers"]["redelivered"] and payload["properties"]["delivery_info"]["redelivered"]
+
+
+def test_a_retry_waiting_for_its_eta_is_not_taken_for_a_stalled_message(
+        settings, db_sessions, producer, cache, recovery):
+    retry = _row(db_sessions, settings.queue_name)
+    producer.send_task("digits.predict", args=[retry], task_id=retry, queue=settings.queue_name, countdown=600)
+    _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)  # reserved long ago, but due in 10 minutes
+
+    for _ in range(2):
+        result = recovery.sweep()
+        assert (result.put_back, result.requeued) == ([], [])
+
+
+def test_an_unreadable_message_on_the_queue_stops_any_upload_being_called_lost(
+        settings, db_sessions, cache, recovery):
+    _row(db_sessions, settings.queue_name)
+    cache.lpush(settings.queue_name, b"not a kombu message")
+
+    for _ in range(3):
+        assert recovery.sweep().requeued == []
+
+
+def test_poison_is_never_declared_on_an_upload_a_live_worker_holds(settings, db_sessions, db_engine):
+    # Seen as expired a moment ago; since then its worker renewed the lease.
+    busy = _row(db_sessions, settings.queue_name, state="STARTED", deliveries=MAX_ATTEMPTS, lease_s=60)
+    with db_engine.begin() as conn:
+        failed = predictions.fail_poison(conn, [predictions.Found(busy, "STARTED", MAX_ATTEMPTS, leased=False)])
+    assert failed == {} and _get(db_sessions, busy).state == "STARTED"
