@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine with a pool that survives MySQL dropping idle connections."""
     if url.startswith("sqlite"):
+        # Pool sizes are for server databases: an in-memory SQLite's pool takes none (a file's keeps its default).
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("pool_size", "max_overflow")}
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
