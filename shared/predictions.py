@@ -107,8 +107,7 @@ def read(conn: Connection, redis: Redis, task_ids: Sequence[str], ttl_seconds: i
     missing = [t for t in task_ids if t not in docs]
     if not missing:
         return docs
-    stored = {row.task_id: status_document(row._mapping)
-              for row in conn.execute(select(*STATUS_SELECT).where(COLUMNS.task_id.in_(missing)))}
+    stored = stored_documents(conn, missing)
     repair = [doc for doc in stored.values() if doc["state"] in FINAL_STATES]
     if repair:
         try:
