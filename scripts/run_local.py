@@ -265,7 +265,7 @@ def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_ur
     web_env = env | {"PROMETHEUS_MULTIPROC_DIR": str((local.data_dir / "metrics").resolve())}
     web = stack.start("web", [python, "-m", "gunicorn", "-c", "python:web.gunicorn_conf",
                               "--bind", f"127.0.0.1:{local.port}",
-                              "--workers", str(local.web_workers), "--worker-class", "gthread", "--threads", "8",
+                              "--workers", str(local.web_workers),
                               "--access-logfile", "-", "web:create_app()"], web_env)
     stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
                            "--hostname", "worker@%h"], env)

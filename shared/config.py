@@ -25,8 +25,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted file, in bytes")
     max_files_per_request: int = Field(16, description="Most files in one POST /predict")
     max_long_polls: int = Field(
-        6, description="Requests per web process that may wait (?wait=) at once, each holding a thread; "
-                       "more are answered at once. Keep it below gunicorn's --threads")
+        900, description="Requests per web process that may wait (?wait=) at once; more are answered at once. "
+                         "Under gevent workers a wait is a greenlet: keep it below --worker-connections (1000). "
+                         "Under gthread workers it holds a thread: keep it below --threads")
+    ingest_max_wait_ms: float = Field(
+        2.0, description="Longest an upload waits for concurrent ones to share its INSERT and queue message")
     max_image_pixels: int = Field(40_000_000, description="Largest accepted width x height")
     max_image_side: int = Field(12_000, description="Longest accepted side, in pixels")
     min_image_side: int = Field(8, description="Shortest accepted side, in pixels")

@@ -18,7 +18,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -48,26 +48,28 @@ def _claimable(now: datetime) -> Any:
 
 @dataclass(frozen=True)
 class NewUpload:
-    """A validated upload, ready to be recorded."""
+    """A validated upload, ready to be recorded; its task id is known before it is (long polls subscribe first)."""
 
     data: bytes
     filename: str | None
     content_type: str | None
     width: int | None
     height: int | None
+    owner: str | None = None
+    task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 # --- the web: record, enqueue (or withdraw), read -------------------------------------------------------
 
 
-def record(conn: Connection, uploads: Sequence[NewUpload], queue: str, owner: str | None) -> list[dict[str, Any]]:
+def record(conn: Connection, uploads: Sequence[NewUpload], queue: str) -> list[dict[str, Any]]:
     """Insert the uploads as PENDING rows (the outbox: durable before anyone is told); their row values."""
     now = utcnow()
     rows = [
-        {"task_id": str(uuid.uuid4()), "state": State.PENDING.value, "image": u.data,
+        {"task_id": u.task_id, "state": State.PENDING.value, "image": u.data,
          "image_sha256": hashlib.sha256(u.data).hexdigest(), "filename": u.filename,
          "content_type": u.content_type, "size_bytes": len(u.data), "width": u.width, "height": u.height,
-         "created_at": now, "enqueued_at": now, "deliveries": 0, "queue": queue, "owner": owner}
+         "created_at": now, "enqueued_at": now, "deliveries": 0, "queue": queue, "owner": u.owner}
         for u in uploads
     ]
     conn.execute(insert(TABLE), rows)

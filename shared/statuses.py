@@ -52,12 +52,12 @@ def cached_final(client: Redis, task_ids: Sequence[str]) -> dict[str, dict[str, 
     return docs
 
 
-def finished_task_id(message_data: bytes | str) -> str | None:
-    """The task id of a message on FINISHED_CHANNEL, or None if it is not one of ours."""
+def finished_document(message_data: bytes | str) -> dict[str, Any] | None:
+    """The final status document a message on FINISHED_CHANNEL carries, or None if it is not one of ours."""
     try:
         doc = json.loads(message_data)
     except (TypeError, ValueError):
         return None
     if isinstance(doc, dict) and doc.get("state") in FINAL_STATES and isinstance(doc.get("task_id"), str):
-        return doc["task_id"]
+        return doc
     return None

@@ -100,7 +100,7 @@ def app(settings: Settings, db_engine) -> Iterator[Flask]:
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
-    app.extensions["digits"]["engine"].dispose()
+    app.extensions["digits"].engine.dispose()
 
 
 @pytest.fixture

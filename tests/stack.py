@@ -54,8 +54,8 @@ class LiveStack:
         """Start gunicorn and wait until /healthz answers."""
         # A process group of its own, so a restart can kill the master and its workers at once.
         self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-             "--worker-class", "gthread", "--threads", "8", "web:create_app()"], cwd=REPO_ROOT, env=self.env,
+            [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", "1", "web:create_app()"], cwd=REPO_ROOT, env=self.env,
             start_new_session=True)
         self.wait_for("/healthz")
 

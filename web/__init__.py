@@ -13,9 +13,14 @@ from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_celery
 from web import owner
+from web.db import EXTENSION, Deps
+from web.ingest import Ingest
 from web.results import ResultWaiter
 
 log = logging.getLogger(__name__)
+
+# A broker hiccup is retried briefly before the upload is refused with a 503.
+ENQUEUE_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
 def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
@@ -34,18 +39,21 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     # once (gunicorn's threads: 8 in the image, 32 in the benchmark), since each new one costs a TLS
     # handshake attempt (PyMySQL's default) and an overflow connection is closed when it is given back.
     engine = make_engine(settings.database_url, pool_size=16, max_overflow=16)
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-    app.extensions["digits"] = {
-        "settings": settings,
-        "engine": engine,
-        "sessions": make_session_factory(engine),
-        "celery": celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web"),
-        "redis": redis_client,
+    producer = celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web")
+    app.extensions[EXTENSION] = Deps(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        celery=producer,
+        redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
         # Its listener thread starts on the first long poll, inside the serving process.
-        "operators": owner.operator_credentials(settings.admin_basic_auth),
-        "results": ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
-                                max_waiting=settings.max_long_polls),
-    }
+        results=ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
+                             max_waiting=settings.max_long_polls),
+        # Its thread starts on the first upload, inside the serving process.
+        ingest=Ingest(engine, producer, settings.queue_name, ENQUEUE_RETRY_POLICY,
+                      max_wait=settings.ingest_max_wait_ms / 1000),
+        operators=owner.operator_credentials(settings.admin_basic_auth),
+    )
 
     from web import api, errors, headers, health, limits, metrics, openapi, pages
     from web.db import close_session

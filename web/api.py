@@ -6,11 +6,11 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
@@ -22,8 +22,10 @@ from shared.queue import live_workers, queue_length
 from shared.schema import FINAL_STATES, Prediction
 from web import db
 from web.errors import ApiError
+from web.ingest import QueueUnavailable
 from web.limits import limiter, upload_limit, uploads_unlimited
 from web.owner import current_or_new, is_operator, presented
+from web.results import Subscription
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -33,11 +35,10 @@ MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "im
         "TIFF": "image/tiff"}
 # An image that cannot be read is a bad request; content that is not an image we take is an unsupported type.
 REJECTION_STATUS = {"not_an_image": 415, "unsupported_format": 415}
-# A broker hiccup is retried briefly before the upload is refused with a 503.
-RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
-def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> predictions.NewUpload:
+def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int, owner: str | None
+                 ) -> predictions.NewUpload:
     """Read one multipart file and check it is an image we can take, or raise ApiError."""
     name = (storage.filename or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or None
     label = f"'{name}'" if name else "The file"
@@ -51,7 +52,7 @@ def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int) -> p
     except ImageRejected as exc:
         raise ApiError(REJECTION_STATUS.get(exc.code, 400), exc.code, f"{label}: {exc}") from exc
     return predictions.NewUpload(data=data, filename=name, content_type=MIME.get(info.format), width=info.width,
-                                 height=info.height)
+                                 height=info.height, owner=owner)
 
 
 def _size(n: int) -> str:
@@ -69,24 +70,25 @@ def _status_url(task_id: str) -> str:
 @bp.post("/predict")
 @limiter.limit(upload_limit, exempt_when=uploads_unlimited)
 def predict() -> ResponseReturnValue:
-    """Validate, record (before answering) and enqueue one or several uploads; 202 with their task ids."""
-    cfg = db.settings()
-    uploads = _read_uploads(cfg)
-    owner = current_or_new()
-    with db.engine().begin() as conn:  # recorded before anyone is told it was accepted: the row is the outbox
-        rows = predictions.record(conn, uploads, cfg.queue_name, owner)
-    ids = [row["task_id"] for row in rows]
-    try:
-        predictions.enqueue(db.celery(), cfg.queue_name, ids, RETRY_POLICY)
-    except (KombuOperationalError, RedisError, OSError) as exc:
-        log.error("could not enqueue: %s", exc)
-        # Not queued, so not accepted: remove the rows so they never look like work in progress.
-        with db.engine().begin() as conn:
-            predictions.withdraw(conn, ids)
-        raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
-
-    log.info("accepted %d upload(s): %s", len(ids), ", ".join(ids), extra={"task_ids": ids})
-    g.accepted_uploads = len(ids)
+    """Validate, record (before answering) and enqueue uploads: 202 with their task ids, or with `?wait=S`
+    200 and their final status documents once all are final within S seconds."""
+    wait = _wait_seconds(request.args.get("wait"))  # a bad wait is refused before anything is accepted
+    uploads = _read_uploads(db.settings(), current_or_new())
+    ids = [upload.task_id for upload in uploads]
+    waiter = db.result_waiter()
+    # Subscribed before the uploads are queued: no worker can publish a result before we listen.
+    with waiter.slot(wait) as may_wait, waiter.subscription(*ids) as heard:
+        try:
+            rows = db.ingest().accept(uploads)
+        except QueueUnavailable as exc:
+            raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly."
+                           ) from exc
+        g.accepted_uploads = len(ids)
+        if may_wait:
+            docs = _hold(ids, heard, time.monotonic() + wait, all, {})
+            if all(docs.get(t, {}).get("state") in FINAL_STATES for t in ids):
+                final = [docs[t] for t in ids]
+                return jsonify(final[0] if len(final) == 1 else {"tasks": final}), 200
     if len(rows) == 1:
         body: dict[str, Any] = {"task_id": ids[0], "status_url": _status_url(ids[0])}
         return jsonify(body), 202, {"Location": body["status_url"]}
@@ -95,7 +97,7 @@ def predict() -> ResponseReturnValue:
     return jsonify({"tasks": tasks, "status_url": url_for("api.tasks_status", ids=",".join(ids))}), 202
 
 
-def _read_uploads(cfg: Settings) -> list[predictions.NewUpload]:
+def _read_uploads(cfg: Settings, owner: str | None) -> list[predictions.NewUpload]:
     """The request's files, each checked to be an image we can take, or an ApiError."""
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
@@ -107,7 +109,7 @@ def _read_uploads(cfg: Settings) -> list[predictions.NewUpload]:
         raise ApiError(400, "too_many_files", f"At most {cfg.max_files_per_request} files per request.")
     limits = ImageLimits(max_pixels=cfg.max_image_pixels, max_side=cfg.max_image_side,
                          min_side=cfg.min_image_side)
-    return [_read_upload(f, limits, cfg.max_upload_bytes) for f in files]
+    return [_read_upload(f, limits, cfg.max_upload_bytes, owner) for f in files]
 
 
 def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -129,24 +131,29 @@ def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
     until = request.args.get("until", "all")
     if until not in ("all", "any"):
         raise ApiError(400, "bad_until", "until must be 'all' or 'any'.")
-    settled = any if until == "any" else all
-    if wait <= 0:
-        return _known(task_ids)
-    deadline = time.monotonic() + wait
     waiter = db.result_waiter()
-    with waiter.slot() as may_wait:
-        if not may_wait:  # every long-poll slot of this process is taken: answer now
+    with waiter.slot(wait) as may_wait:
+        if not may_wait:  # no wait asked, or every long-poll slot of this process is taken: answer now
             return _known(task_ids)
-        # Subscribe first, then read: a result stored in between still wakes us.
-        with waiter.subscription(*task_ids) as finished:
-            while True:
-                docs = _known(task_ids)
-                remaining = deadline - time.monotonic()
-                if settled(d["state"] in FINAL_STATES for d in docs) or remaining <= 0:
-                    return docs
-                # Woken by a result's publication; re-read at least every second should pub/sub be down.
-                finished.wait(min(remaining, 1.0))
-                finished.clear()
+        # Subscribe first, then read: a result stored in between is still heard.
+        with waiter.subscription(*task_ids) as heard:
+            docs = _hold(task_ids, heard, time.monotonic() + wait, any if until == "any" else all,
+                         {doc["task_id"]: doc for doc in _known(task_ids)})
+    return [docs[t] for t in task_ids]
+
+
+def _hold(task_ids: list[str], heard: Subscription, deadline: float, settled: Callable[[Iterable[bool]], bool],
+          docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The latest documents of the ids, once `settled` holds for their finality or the deadline passes."""
+    while True:
+        docs |= heard.docs  # final documents as the workers published them: no read needed
+        remaining = deadline - time.monotonic()
+        if settled(docs.get(t, {}).get("state") in FINAL_STATES for t in task_ids) or remaining <= 0:
+            return docs
+        if not heard.wait(min(remaining, 1.0)):
+            # Nothing heard for a second: pub/sub may be reconnecting, or a worker died between its
+            # commit and its publication; the stored state is the truth.
+            docs |= {doc["task_id"]: doc for doc in _known(task_ids)}
 
 
 def _wait_seconds(raw: str | None) -> float:

@@ -1,58 +1,81 @@
-"""Per-request database session and access to the app's dependencies."""
+"""The web app's dependencies, built once by create_app, and the per-request database session."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from celery import Celery
 from flask import current_app, g
 from redis import Redis
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from web.ingest import Ingest
 from web.results import ResultWaiter
 
+EXTENSION = "digits"
 
-def deps() -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class Deps:
+    """What the blueprints use: built by create_app (or a test), never at import."""
+
+    settings: Settings
+    engine: Engine  # one pool per process
+    sessions: sessionmaker[Session]
+    celery: Celery  # the producer that enqueues predictions
+    redis: Redis  # a connection pool for reading results
+    results: ResultWaiter  # the process's listener for published results (long polls wait on it)
+    ingest: Ingest  # records and enqueues concurrent uploads together
+    operators: str | None  # ADMIN_BASIC_AUTH, when set and strong enough to list everyone's uploads
+
+
+def deps() -> Deps:
     """The dependencies create_app stored on the app."""
-    return current_app.extensions["digits"]
+    found: Deps = current_app.extensions[EXTENSION]
+    return found
 
 
 def settings() -> Settings:
     """The app's settings."""
-    return deps()["settings"]
+    return deps().settings
 
 
 def celery() -> Celery:
     """The Celery producer used to enqueue predictions."""
-    return deps()["celery"]
+    return deps().celery
 
 
 def redis_client() -> Redis:
     """The app's Redis client (a connection pool) for reading results."""
-    return deps()["redis"]
+    return deps().redis
 
 
 def result_waiter() -> ResultWaiter:
     """The process's listener for published results (long polls wait on it)."""
-    return deps()["results"]
+    return deps().results
+
+
+def ingest() -> Ingest:
+    """The process's coalescing recorder and enqueuer of uploads."""
+    return deps().ingest
 
 
 def operator_credentials() -> str | None:
     """ADMIN_BASIC_AUTH, when it is set and strong enough to list everyone's uploads."""
-    return deps()["operators"]
+    return deps().operators
 
 
 def engine() -> Engine:
     """The app's engine (one pool per process)."""
-    return deps()["engine"]
+    return deps().engine
 
 
 def session() -> Session:
     """This request's session, opened on first use and closed when the request ends."""
     if "db" not in g:
-        g.db = deps()["sessions"]()
+        g.db = deps().sessions()
     return g.db
 
 

@@ -13,6 +13,15 @@ METRICS_FILE = re.compile(
     r"|gauge_(all|liveall|min|livemin|max|livemax|sum|livesum|mostrecent|livemostrecent))_\d+\.db")
 
 
+# gevent workers: a request that waits for its prediction (POST /predict?wait=, GET /tasks/<id>?wait=) holds a
+# greenlet of a few KB instead of one of a handful of threads, so waiting clients never crowd out uploads.
+# gunicorn patches the standard library in each worker before it loads the app; PyMySQL, redis-py and kombu
+# are pure Python over patched sockets, and the app's threads (result listener, ingest) become greenlets.
+worker_class = "gevent"
+# Open connections per worker process; MAX_LONG_POLLS (900) keeps room below it for uploads.
+worker_connections = 1000
+
+
 def clear_metrics_dir(folder: Path) -> list[Path]:
     """Create the metrics folder if missing and delete the metrics files in it (only those); the deleted paths."""
     folder.mkdir(parents=True, exist_ok=True)

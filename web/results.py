@@ -1,8 +1,9 @@
 """Wake long-polling requests when their result lands, instead of polling Redis in a loop.
 
 The worker PUBLISHes every final status document on one channel (shared/statuses.py); one subscription
-per web process hears them all and sets the events of the requests waiting on those ids. The listener
-outlives any error: it logs it, waits a moment and subscribes again.
+per web process hears them all and hands each document to the requests waiting on its id, so a woken
+request answers without reading Redis or MySQL again. The listener outlives any error: it logs it,
+waits a moment and subscribes again.
 """
 
 from __future__ import annotations
@@ -13,15 +14,39 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.statuses import FINISHED_CHANNEL, finished_task_id
+from shared.statuses import FINISHED_CHANNEL, finished_document
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
+
+
+class Subscription:
+    """What one waiting request has heard: the final documents published for its ids, and a wake-up."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self._event = threading.Event()
+
+    def deliver(self, doc: dict[str, Any]) -> None:
+        """Keep a published final document and wake the request."""
+        self.docs[doc["task_id"]] = doc
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something was delivered since the last wait, or timeout; whether something was."""
+        woken = self._event.wait(timeout)
+        self._event.clear()
+        return woken
+
+    def is_set(self) -> bool:
+        """Whether anything was delivered and not yet waited for."""
+        return self._event.is_set()
 
 
 class ResultWaiter:
@@ -29,16 +54,17 @@ class ResultWaiter:
 
     def __init__(self, client: Redis, max_waiting: int) -> None:
         self._client = client
-        self._events: dict[str, set[threading.Event]] = {}
+        self._waiting: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self._listener_pid: int | None = None
-        # A waiting request holds one of the process's few threads: past this many, answer at once.
+        # A bound on the requests one process holds open (a greenlet each under gevent, a thread each under
+        # gthread): past this many, answer at once.
         self._slots = threading.BoundedSemaphore(max_waiting) if max_waiting > 0 else None
 
     @contextmanager
-    def slot(self) -> Iterator[bool]:
-        """Whether this request may hold a long poll now (released when the block ends)."""
-        if self._slots is None:
+    def slot(self, wait: float) -> Iterator[bool]:
+        """Whether this request may wait `wait` seconds now (False for no wait); released when the block ends."""
+        if self._slots is None or wait <= 0:
             yield False
             return
         taken = self._slots.acquire(blocking=False)
@@ -49,23 +75,23 @@ class ResultWaiter:
                 self._slots.release()
 
     @contextmanager
-    def subscription(self, *task_ids: str) -> Iterator[threading.Event]:
-        """An event set when a final result of one of the tasks is published; register before reading."""
+    def subscription(self, *task_ids: str) -> Iterator[Subscription]:
+        """What is published for the tasks from now on (register before reading, or before enqueuing)."""
         self._ensure_listener()
-        event = threading.Event()
+        subscription = Subscription()
         with self._lock:
             for task_id in task_ids:
-                self._events.setdefault(task_id, set()).add(event)
+                self._waiting.setdefault(task_id, set()).add(subscription)
         try:
-            yield event
+            yield subscription
         finally:
             with self._lock:
                 for task_id in task_ids:
-                    waiting = self._events.get(task_id)
+                    waiting = self._waiting.get(task_id)
                     if waiting is not None:
-                        waiting.discard(event)
+                        waiting.discard(subscription)
                         if not waiting:
-                            del self._events[task_id]
+                            del self._waiting[task_id]
 
     def _ensure_listener(self) -> None:
         # Started in the process that serves requests: gunicorn forks its workers, threads don't follow.
@@ -74,10 +100,10 @@ class ResultWaiter:
                 self._listener_pid = os.getpid()
                 threading.Thread(target=self._listen, name="result-listener", daemon=True).start()
 
-    def _wake(self, task_id: str) -> None:
+    def _wake(self, doc: dict[str, Any]) -> None:
         with self._lock:
-            for event in self._events.get(task_id, ()):
-                event.set()
+            for subscription in self._waiting.get(doc["task_id"], ()):
+                subscription.deliver(doc)
 
     def _listen(self) -> None:
         while True:
@@ -96,8 +122,8 @@ class ResultWaiter:
         try:
             pubsub.subscribe(FINISHED_CHANNEL)
             for message in pubsub.listen():
-                task_id = finished_task_id(message["data"])
-                if task_id is not None:
-                    self._wake(task_id)
+                doc = finished_document(message["data"])
+                if doc is not None:
+                    self._wake(doc)
         finally:
             pubsub.close()

@@ -37,13 +37,23 @@ app.conf.update(
 )
 
 
+# Celery's own line per task ("received", "succeeded in ...: <result>"): at INFO they cost the worker a
+# formatted line per upload; the pipeline logs one line per batch with its task ids instead.
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _log_format(logger: logging.Logger, **_: Any) -> None:
-    """LOG_FORMAT=json: Celery's handlers write JSON lines too (with task ids from our records)."""
+def _log_format(logger: logging.Logger, loglevel: int | str | None = None, **_: Any) -> None:
+    """LOG_FORMAT=json: Celery's handlers write JSON lines too (with task ids from our records); per-task lines
+    only at DEBUG."""
     if settings.log_format == "json":
         for handler in logger.handlers:
             handler.setFormatter(formatter("json"))
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    if level is None or level > logging.DEBUG:  # the worker's --loglevel
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 _presence: list[Any] = []  # this process's Presence, once warmed up

@@ -44,13 +44,20 @@ class WorkerRuntime:
         started = time.perf_counter()
         docs = self.pipeline.run(task_ids)
         observe_batch(len(task_ids), time.perf_counter() - started, docs.values())
-        log.info("predicted %d upload(s)", len(docs), extra={"task_ids": list(docs), "batch_size": len(task_ids)})
+        # One line per batch (no result documents: those are in MySQL); per-task lines only at DEBUG.
+        log.info("predicted %d upload(s): %s", len(docs), " ".join(docs),
+                 extra={"task_ids": list(docs), "batch_size": len(task_ids)})
         return docs
 
     def predict_one(self, task_id: str) -> dict[str, Any]:
         """Predict one upload together with whatever other tasks of this process are waiting."""
         assert self.batcher is not None, "built by get_runtime()"
         return self.batcher.submit(task_id)
+
+    def predict_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Predict the uploads of one message, sharing model calls with the other tasks of this process."""
+        assert self.batcher is not None, "built by get_runtime()"
+        return self.batcher.submit_many(task_ids)
 
 
 _lock = threading.Lock()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from worker.celery_app import app
 from worker.pipeline import INFRASTRUCTURE_ERRORS
@@ -18,17 +16,20 @@ RETRY = {
 }
 
 
+# Results go to MySQL and the status cache, never into Celery's log line: a task returns its final state only.
+
+
 @app.task(name=PREDICT_TASK, **RETRY)
-def predict(task_id: str) -> dict[str, Any]:
-    """Predict one stored upload, sharing a model call with the other tasks in flight; its status document."""
+def predict(task_id: str) -> str:
+    """Predict one stored upload, sharing a model call with the other tasks in flight; its final state."""
     from worker.runtime import get_runtime
 
-    return get_runtime().predict_one(task_id)
+    return str(get_runtime().predict_one(task_id)["state"])
 
 
 @app.task(name=PREDICT_BATCH_TASK, **RETRY)
 def predict_batch(task_ids: list[str]) -> int:
-    """Predict the uploads of one multi-file request together; how many."""
+    """Predict the uploads of one message (a multi-file request, or uploads the web coalesced); how many."""
     from worker.runtime import get_runtime
 
-    return len(get_runtime().predict(task_ids))
+    return len(get_runtime().predict_many(task_ids))

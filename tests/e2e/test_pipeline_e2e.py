@@ -6,6 +6,7 @@ import hashlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -144,6 +145,43 @@ def test_an_upload_whose_message_was_lost_is_swept_back_onto_the_queue(stack, mn
     assert doc["state"] == "SUCCESS" and doc["digit"] == int(mnist.y_test[9])
     with db_sessions() as s:  # re-sent once, started once
         assert s.scalars(select(Prediction.deliveries).where(Prediction.task_id == task_id)).one() == 1
+
+
+def test_one_request_mode_answers_the_digit_in_one_call(stack, mnist, db_sessions):
+    resp = requests.post(f"{stack.base_url}/predict", params={"wait": 20},
+                         files={"file": ("d.png", png_bytes(mnist.x_test[0]))}, timeout=30)
+
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["state"] == "SUCCESS" and doc["digit"] == int(mnist.y_test[0])
+    with db_sessions() as s:  # recorded like any upload, and the answer is what the row holds
+        assert s.scalars(select(Prediction).where(Prediction.task_id == doc["task_id"])).one().status_document() == doc
+
+
+def test_many_waiting_clients_never_crowd_out_uploads(stack, mnist, db_sessions):
+    # A task nobody will finish (another queue's), polled by many more clients than a thread pool would hold.
+    task_id = str(uuid.uuid4())
+    with db_sessions() as s, s.begin():
+        s.add(Prediction(task_id=task_id, state="PENDING", image=b"x", image_sha256=hashlib.sha256(b"x").hexdigest(),
+                         size_bytes=1, queue="nobody-serves-this"))
+    polls: list[int] = []
+
+    def poll() -> None:
+        polls.append(requests.get(f"{stack.base_url}/tasks/{task_id}", params={"wait": 8}, timeout=30).status_code)
+
+    pollers = [threading.Thread(target=poll) for _ in range(64)]
+    for t in pollers:
+        t.start()
+    try:
+        # The one web process holds 64 long polls; an upload in one-request mode still gets its answer.
+        resp = requests.post(f"{stack.base_url}/predict", params={"wait": 6},
+                             files={"file": ("d.png", png_bytes(mnist.x_test[1]))}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["digit"] == int(mnist.y_test[1])
+    finally:
+        for t in pollers:
+            t.join(30)
+    assert polls == [200] * 64
 
 
 def test_page_and_unknown_task(stack):

@@ -213,7 +213,7 @@ def test_uploads_beyond_the_rate_limit_get_429_with_retry_after(database_url, re
 
 
 def test_accepting_logs_the_task_ids_for_following_an_upload(client, mnist, caplog):
-    logger = logging.getLogger("web.api")
+    logger = logging.getLogger("web.ingest")
     logger.addHandler(caplog.handler)  # directly: create_app reconfigures the root logger's handlers
     try:
         task_id = _post(client, (png_bytes(mnist.x_test[0]), "d.png")).get_json()["task_id"]

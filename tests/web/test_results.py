@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import threading
 import time
@@ -12,8 +14,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from shared import predictions
 from shared.schema import Prediction, State, utcnow
 from shared.statuses import cache_final, status_key
+from tests.conftest import png_bytes
 from web import create_app
 from web.results import ResultWaiter
 
@@ -51,8 +55,9 @@ def test_waiter_is_woken_by_the_published_result(settings, db_sessions):
             if finished.wait(0.1):
                 break
 
-        assert finished.is_set()
-        assert not unrelated.is_set()
+        # The published document itself reached the waiter: it answers without reading Redis or MySQL.
+        assert finished.docs[task_id]["state"] == "SUCCESS"
+        assert not unrelated.docs and not unrelated.is_set()
 
 
 def test_long_poll_returns_the_final_result(client, settings, db_sessions):
@@ -116,7 +121,7 @@ def test_until_must_be_all_or_any(client, db_sessions):
 def test_past_the_long_poll_slots_a_request_is_answered_at_once(settings, db_engine, db_sessions):
     app = create_app(settings.model_copy(update={"max_long_polls": 1}))
     task_id = _add_pending(db_sessions)
-    with app.extensions["digits"]["results"].slot() as held:  # another request holds the only slot
+    with app.extensions["digits"].results.slot(30) as held:  # another request holds the only slot
         assert held
         poller, answer = _poll_in_thread(app.test_client(), f"/tasks/{task_id}?wait=30")
         poller.join(20)  # far less than the 30 s it would have waited with a slot
@@ -190,5 +195,80 @@ def test_the_result_listener_restarts_after_any_error(settings, db_sessions, cap
             if finished.wait(0.1):
                 break
 
-    assert _BreaksOnce.broken and finished.is_set()
+    assert _BreaksOnce.broken and finished.docs[task_id]["state"] == "SUCCESS"
     assert "result listener failed; restarting it" in caplog.text
+
+
+# --- one-request mode: POST /predict?wait=S ---------------------------------------------------------------
+
+
+def _work_off_one_message(settings, db_engine) -> dict[str, dict]:
+    """What a worker does with the next message on the queue: claim, finish, cache and publish; the documents."""
+    r = redis.Redis.from_url(settings.redis_url)
+    popped = r.brpop([settings.queue_name], timeout=20)
+    assert popped is not None, "nothing was queued"
+    arg = json.loads(base64.b64decode(json.loads(popped[1])["body"]))[0][0]
+    ids = arg if isinstance(arg, list) else [arg]
+    with db_engine.begin() as conn:
+        claim = predictions.claim(conn, ids, 0, "test-worker", 60)
+    result = {"state": "SUCCESS", "digit": 4, "confidence": 0.9, "probabilities": [0.01] * 4 + [0.9] + [0.01] * 5,
+              "inference_ms": 0.1, "preprocess_ms": 0.1, "model_version": "test", "error": None}
+    with db_engine.begin() as conn:
+        docs = predictions.finish(conn, claim, dict.fromkeys(ids, result))
+    cache_final(r, docs.values(), settings.result_ttl_seconds)
+    return docs
+
+
+def _upload_in_thread(client, url: str, count: int, mnist) -> tuple[threading.Thread, dict]:
+    answer: dict = {}
+    files = [(io.BytesIO(png_bytes(mnist.x_test[i])), f"{i}.png") for i in range(count)]
+
+    def upload() -> None:
+        resp = client.post(url, data={"file": files}, content_type="multipart/form-data")
+        answer["status"], answer["body"] = resp.status_code, resp.get_json()
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    return uploader, answer
+
+
+def test_predict_with_wait_answers_the_final_document_in_one_request(client, settings, db_engine, mnist):
+    uploader, answer = _upload_in_thread(client, "/predict?wait=20", 1, mnist)
+    docs = _work_off_one_message(settings, db_engine)
+    uploader.join(30)
+
+    assert answer["status"] == 200
+    assert answer["body"] == next(iter(docs.values())) and answer["body"]["state"] == "SUCCESS"
+    # The same document any later status read gives.
+    assert client.get(f"/tasks/{answer['body']['task_id']}").get_json() == answer["body"]
+
+
+def test_predict_with_wait_for_several_files_answers_once_all_are_final(client, settings, db_engine, mnist):
+    uploader, answer = _upload_in_thread(client, "/predict?wait=20", 3, mnist)
+    docs = _work_off_one_message(settings, db_engine)
+    uploader.join(30)
+
+    assert answer["status"] == 200
+    assert [d["task_id"] for d in answer["body"]["tasks"]] == list(docs)
+    assert {d["state"] for d in answer["body"]["tasks"]} == {"SUCCESS"}
+
+
+def test_predict_with_wait_falls_back_to_202_when_no_answer_comes_in_time(client, settings, db_sessions, mnist):
+    uploader, answer = _upload_in_thread(client, "/predict?wait=0.3", 1, mnist)
+    uploader.join(20)
+
+    assert answer["status"] == 202
+    task_id = answer["body"]["task_id"]
+    assert answer["body"]["status_url"] == f"/tasks/{task_id}"
+    assert client.get(f"/tasks/{task_id}").get_json()["state"] == "PENDING"
+
+
+@pytest.mark.parametrize("wait", ["nan", "-1", "31", "soon"])
+def test_predict_with_a_bad_wait_is_refused_before_anything_is_accepted(client, settings, db_sessions, mnist, wait):
+    uploader, answer = _upload_in_thread(client, f"/predict?wait={wait}", 1, mnist)
+    uploader.join(20)
+
+    assert answer["status"] == 400 and answer["body"]["error"]["code"] == "bad_wait"
+    with db_sessions() as s:
+        assert s.scalars(select(Prediction)).all() == []
+    assert redis.Redis.from_url(settings.redis_url).llen(settings.queue_name) == 0

@@ -1,0 +1,96 @@
+"""Micro-batching: items from many threads (or greenlets) meet in one call per group.
+
+The web coalesces concurrent uploads into one INSERT and one queue message (web/ingest.py); the worker
+coalesces concurrent tasks into one model call and one database write (worker/batcher.py). Both wait at
+most `max_wait` for company, so a lone item is never held up by more than that.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+@dataclass
+class _Item(Generic[T, R]):
+    value: T
+    future: Future[R] = field(default_factory=Future)
+
+
+class Batcher(Generic[T, R]):
+    """Hand items submitted concurrently to `run_batch` in groups of at most `max_batch`, one group at a time.
+
+    `run_batch` returns one outcome per item, in the items' order: its result, or an exception that only
+    that item's caller sees; an exception it raises is every caller's.
+    """
+
+    def __init__(self, run_batch: Callable[[list[T]], Sequence[R | BaseException]], max_batch: int,
+                 max_wait: float, name: str = "batcher") -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._name = name
+        self._queue: queue.SimpleQueue[_Item[T, R]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, value: T, timeout: float | None = None) -> R:
+        """Queue one item and block until its group ran; its result, or the error of its group or its own."""
+        self._ensure_running()
+        item: _Item[T, R] = _Item(value)
+        self._queue.put(item)
+        return item.future.result(timeout)
+
+    def submit_many(self, values: Sequence[T], timeout: float | None = None) -> list[R]:
+        """Queue several items at once (they may share groups with other callers'); their results, in order, or
+        the first error among them."""
+        self._ensure_running()
+        items: list[_Item[T, R]] = [_Item(value) for value in values]
+        for item in items:
+            self._queue.put(item)
+        return [item.future.result(timeout) for item in items]
+
+    def _ensure_running(self) -> None:
+        # Started on first use, in the process that serves (never before a fork: threads don't follow one).
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+
+    def _collect(self) -> list[_Item[T, R]]:
+        """Block for the first item, then take what arrives within `max_wait`, up to `max_batch`."""
+        items = [self._queue.get()]
+        deadline = time.monotonic() + self._max_wait
+        while len(items) < self._max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                items.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _loop(self) -> None:
+        while True:
+            items = self._collect()
+            try:
+                outcomes = self._run_batch([item.value for item in items])
+                if len(outcomes) != len(items):
+                    raise RuntimeError(f"{self._name}: {len(outcomes)} outcomes for {len(items)} items")
+            except Exception as exc:  # every caller of the group sees the error and decides for itself
+                log.warning("%s: a group of %d failed: %r", self._name, len(items), exc)
+                outcomes = [exc] * len(items)
+            for item, outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    item.future.set_exception(outcome)
+                else:
+                    item.future.set_result(outcome)
