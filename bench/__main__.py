@@ -1,9 +1,13 @@
-"""`make bench`: the pipeline under closed-loop load, next to the seed's synchronous design, on the same images.
+"""`make bench`: `make run`'s stack under closed-loop load, next to the seed's synchronous design, same images.
 
     python -m bench [--clients 16] [--seconds 20] [--warmup 5] [--json bench/results.json]
 
-Starts gunicorn and one Celery worker against BENCH_REDIS_URL / BENCH_DATABASE_URL (flushed and
-re-created), measures single uploads and the batch path, then the baseline in bench/seed_app.py.
+Starts `python -m scripts.run_local` (web, worker, Flower; access log on) against BENCH_REDIS_URL /
+BENCH_DATABASE_URL (flushed and re-created) and measures, with Flower attached: single uploads in
+one-request mode (`POST /predict?wait=`) and as upload + long-polled status, photo-style uploads in
+one-request mode, and the batch path; then one-request mode again without Flower; then the baseline in
+bench/seed_app.py on the same MNIST PNGs and photos. Prints each scenario's rate against the seed's, and
+what each process spent in CPU per prediction.
 """
 
 from __future__ import annotations
@@ -14,53 +18,55 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-from sqlalchemy import create_engine, text
+import psutil
 from sqlalchemy.engine import make_url
 
 from bench.load import Sample, run, summary
+from bench.samples import load_photo_samples, load_samples
+from bench.stack import (
+    RunningStack,
+    cpu_seconds,
+    reset_services,
+    service_pid,
+    start_stack,
+    stop_stack,
+    wait_for_workers,
+)
 from scripts.run_local import Stack, free_port, wait_for_port
 from shared.config import BenchSettings, Settings, child_environment
 from shared.logs import configure_logging
-from shared.migrate import upgrade
-from worker.mnist_data import load_idx_dir
 
 log = logging.getLogger("bench")
 
 
-def load_samples(mnist_dir: Path, count: int) -> list[Sample]:
-    """The first `count` MNIST test digits as PNG uploads, with their labels."""
-    import io
+@dataclass(frozen=True)
+class Scenario:
+    """One measured load: which uploads, how many clients, files per request, and how answers are awaited."""
 
-    from PIL import Image
-
-    mnist = load_idx_dir(mnist_dir)
-    samples = []
-    for image, label in zip(mnist.x_test[:count], mnist.y_test[:count], strict=True):
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
-        samples.append(Sample(buf.getvalue(), int(label)))
-    return samples
+    key: str
+    title: str
+    photos: bool = False
+    per_request: int = 1
+    one_request: bool = True
+    batch: bool = False  # --batch-clients instead of --clients
 
 
-def reset_services(bench: BenchSettings) -> None:
-    """A fresh benchmark database at the schema's head and an empty Redis database."""
-    url = make_url(bench.database_url)
-    if url.get_backend_name() == "mysql":
-        server = create_engine(url.set(database=""))
-        with server.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
-            conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
-        server.dispose()
-    upgrade(bench.database_url)
-    redis.Redis.from_url(bench.redis_url).flushdb()
+WITH_FLOWER = (
+    Scenario("one_request", "single uploads, one request (`?wait=`)"),
+    Scenario("long_poll", "single uploads, upload + long-poll status", one_request=False),
+    Scenario("photos", "photo-style uploads, one request", photos=True),
+    Scenario("batch", "batch path (16 files per request, one request)", per_request=16, batch=True),
+)
+WITHOUT_FLOWER = (Scenario("one_request", "single uploads, one request, no Flower"),)
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -71,89 +77,57 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def children(pid: int) -> list[int]:
-    """Direct child processes of `pid`."""
-    kids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text_ = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in text_:
-            kids.append(int(status.parent.name))
-    return kids
+def peaks(stack: RunningStack) -> dict[str, float]:
+    """Peak RSS (MB) of the Celery worker and of the largest web worker process, and the worker's start time."""
+    out: dict[str, float] = {}
+    for proc in psutil.Process(stack.launcher.pid).children(recursive=True):
+        line, parent = " ".join(proc.cmdline()), " ".join(proc.parent().cmdline())
+        if "celery" in line and "celery" not in parent:  # the worker itself (the threads pool: model inside)
+            out["worker_rss_mb"] = rss_mb(proc.pid, "VmHWM")
+            out["worker_started"] = proc.create_time()
+        elif "gunicorn" in line and "gunicorn" in parent:  # a web worker, not the master
+            out["web_rss_mb"] = max(out.get("web_rss_mb", 0.0), rss_mb(proc.pid, "VmHWM"))
+    return out
 
 
-def wait_ready(url_port: int, proc: subprocess.Popen[bytes], path: str = "/readyz", timeout: float = 60) -> float:
-    """Seconds until GET path answers 200 on the port."""
-    import urllib.request
-
-    start = time.perf_counter()
-    wait_for_port(url_port, proc, timeout)
-    while time.perf_counter() - start < timeout:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{url_port}{path}", timeout=2) as resp:
-                if resp.status == 200:
-                    return time.perf_counter() - start
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"not ready after {timeout} s")
-
-
-def worker_ready_seconds(port: int, sample: Sample, started: float) -> float:
-    """Seconds from the worker's start until it answered a first prediction."""
-    async def one() -> None:
-        from bench.load import Connection, _await_final, multipart
-
-        conn = Connection("127.0.0.1", port)
-        body, ctype = multipart([("warm.png", sample.png)])
-        status, raw = await conn.request("POST", "/predict", body, ctype)
-        assert status == 202, raw
-        await _await_final(conn, json.loads(raw)["status_url"])
-        await conn.close()
-
-    asyncio.run(one())
-    return time.perf_counter() - started
+def measure(stack: RunningStack, services: dict[str, int | None], scenario: Scenario, samples: Sequence[Sample],
+            args: argparse.Namespace) -> dict[str, Any]:
+    """One scenario's figures, with the CPU milliseconds each process spent per prediction."""
+    clients = args.batch_clients if scenario.batch else args.clients
+    log.info("%s: %d clients, %.0f s after %.0f s warm-up", scenario.title, clients, args.seconds, args.warmup)
+    before = cpu_seconds(stack, services)
+    started = time.perf_counter()
+    tally, seconds = asyncio.run(run("127.0.0.1", stack.port, samples, clients=clients, seconds=args.seconds,
+                                     warmup=args.warmup, per_request=scenario.per_request,
+                                     one_request=scenario.one_request))
+    elapsed = time.perf_counter() - started
+    after = cpu_seconds(stack, services)
+    result: dict[str, Any] = summary(tally, seconds)
+    # CPU over the whole run (warm-up included) divided by the predictions of the whole run, estimated from
+    # the measured rate: the ratio is what sizing needs.
+    done = max(1.0, result["images_per_s"] * elapsed)
+    result["cpu_ms_per_prediction"] = {role: round(1000 * (after[role] - before.get(role, 0.0)) / done, 3)
+                                       for role in after}
+    result["cpu_cores_busy"] = {role: round((after[role] - before.get(role, 0.0)) / elapsed, 3) for role in after}
+    return result
 
 
-def bench_pipeline(args: argparse.Namespace, bench: BenchSettings, samples: list[Sample]) -> dict[str, Any]:
-    """The pipeline: gunicorn + one micro-batching Celery worker; single uploads then the batch path."""
-    reset_services(bench)
-    # All the load comes from one address: no per-client rate limit.
-    # Every gunicorn thread may hold a long poll (the default keeps some free for other requests).
-    env = child_environment(REDIS_URL=bench.redis_url, DATABASE_URL=bench.database_url, LOG_LEVEL="WARNING",
-                            RATE_LIMIT="", MAX_LONG_POLLS=str(args.web_threads))
-    port = free_port()
-    stack = Stack()
-    python = sys.executable
-    results: dict[str, Any] = {}
+def bench_stack(args: argparse.Namespace, bench: BenchSettings, flower: bool, scenarios: Sequence[Scenario],
+                samples: dict[bool, list[Sample]]) -> dict[str, Any]:
+    """`make run`'s stack (with or without Flower) and the scenarios run against it."""
+    stack = start_stack(bench, args.web_workers, Path(tempfile.mkdtemp(prefix="bench-")), flower=flower)
+    redis_port = make_url(bench.redis_url).port or 6379
+    db_port = make_url(bench.database_url).port or 3306
+    services = {"mariadb": service_pid("mariadbd", db_port), "redis": service_pid("redis-server", redis_port)}
+    results: dict[str, Any] = {"flower": flower}
     try:
-        web = stack.start("web", [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
-                                  str(args.web_workers), "--worker-class", "gthread", "--threads",
-                                  str(args.web_threads), "web:create_app()"], env)
-        results["web_ready_s"] = wait_ready(port, web)
-        worker_started = time.perf_counter()
-        worker = stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker",
-                                        "--loglevel=WARNING", "--without-gossip", "--without-mingle"], env)
-        results["worker_ready_s"] = worker_ready_seconds(port, samples[0], worker_started)
-
-        if not args.skip_single:
-            log.info("single uploads: %d clients, %.0f s after %.0f s warm-up", args.clients, args.seconds,
-                     args.warmup)
-            tally, seconds = asyncio.run(run("127.0.0.1", port, samples, clients=args.clients,
-                                             seconds=args.seconds, warmup=args.warmup))
-            results["single"] = summary(tally, seconds)
-        if not args.skip_batch:
-            log.info("batch path: %d clients x %d files per request", args.batch_clients, args.batch_files)
-            tally, seconds = asyncio.run(run("127.0.0.1", port, samples, clients=args.batch_clients,
-                                             seconds=args.seconds, warmup=args.warmup,
-                                             per_request=args.batch_files))
-            results["batch"] = summary(tally, seconds)
-        results["worker_rss_mb"] = rss_mb(worker.pid, "VmHWM")
-        results["web_rss_mb"] = max(rss_mb(pid, "VmHWM") for pid in children(web.pid))
+        results["stack_ready_s"] = wait_for_workers(stack, args.ready_timeout)
+        results["worker_ready_s"] = time.time() - peaks(stack)["worker_started"]
+        for scenario in scenarios:
+            results[scenario.key] = measure(stack, services, scenario, samples[scenario.photos], args)
+        results |= {k: v for k, v in peaks(stack).items() if k.endswith("_mb")}
     finally:
-        stack.stop()
+        stop_stack(stack)
     return results
 
 
@@ -162,71 +136,92 @@ def bench_seed(args: argparse.Namespace, bench: BenchSettings, samples: list[Sam
     reset_services(bench)
     port = free_port()
     stack = Stack()
+    model = Settings(redis_url=bench.redis_url, database_url=bench.database_url).model_path  # type: ignore[call-arg]
     try:
         seed = stack.start("seed", [sys.executable, "-m", "bench.seed_app", "--port", str(port), "--model",
-                                    str(Settings(redis_url=bench.redis_url, database_url=bench.database_url)
-                                        .model_path), "--database-url", bench.database_url],
-                           child_environment())
+                                    str(model), "--database-url", bench.database_url], child_environment())
         wait_for_port(port, seed, timeout=60)
         tally, seconds = asyncio.run(run("127.0.0.1", port, samples, clients=args.clients, seconds=args.seconds,
                                          warmup=args.warmup, seed_design=True))
-        return {"single": summary(tally, seconds)}
+        return summary(tally, seconds)
     finally:
         stack.stop()
 
 
+ROWS = (
+    ("pipeline, single uploads, one request", ("flower", "one_request"), "mnist"),
+    ("pipeline, single uploads, upload + long poll", ("flower", "long_poll"), "mnist"),
+    ("pipeline, photo-style uploads, one request", ("flower", "photos"), "photos"),
+    ("pipeline, batch path (16 files per request)", ("flower", "batch"), "mnist"),
+    ("pipeline, single uploads, one request, no Flower", ("no_flower", "one_request"), "mnist"),
+    ("seed design, MNIST PNGs (baseline)", ("seed", "mnist"), None),
+    ("seed design, photo-style uploads (baseline)", ("seed", "photos"), None),
+)
+
+
 def table(results: dict[str, Any]) -> str:
-    """The figures as a Markdown table."""
-    rows = ["| scenario | images/s | p50 ms | p95 ms | p99 ms | errors | accuracy |", "|---|---|---|---|---|---|---|"]
-    for name, key in (("pipeline, single uploads", ("pipeline", "single")),
-                      ("pipeline, batch path", ("pipeline", "batch")),
-                      ("seed design (baseline)", ("seed", "single"))):
-        r = results.get(key[0], {}).get(key[1])
-        if r:
-            rows.append(f"| {name} | {r['images_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-                        f"{r['p99_ms']:.0f} | {r['errors'] + r['failures']} | {r['accuracy']:.4f} |")
+    """The figures as a Markdown table, each pipeline row against the seed on the same images."""
+    rows = ["| scenario | images/s | x seed | p50 ms | p99 ms | errors | 202 fallbacks | accuracy |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, (group, key), baseline in ROWS:
+        r = results.get(group, {}).get(key)
+        if not r:
+            continue
+        seed = results.get("seed", {}).get(baseline or "", {}).get("images_per_s")
+        ratio = f"{r['images_per_s'] / seed:.1f}x" if seed else ""
+        rows.append(f"| {name} | {r['images_per_s']:.0f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                    f"{r['errors'] + r['failures']} | {r.get('fallbacks_202', 0)} | {r['accuracy']:.4f} |")
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the scenarios and print the results."""
+def cpu_table(results: dict[str, Any]) -> str:
+    """CPU milliseconds per prediction of each process, per pipeline scenario with Flower."""
+    scenarios = [(k, v) for k, v in results.get("flower", {}).items() if isinstance(v, dict)]
+    roles = sorted({role for _, r in scenarios for role in r["cpu_ms_per_prediction"]})
+    rows = ["| CPU ms per prediction | " + " | ".join(k for k, _ in scenarios) + " |",
+            "|---|" + "---|" * len(scenarios)]
+    for role in roles:
+        rows.append(f"| {role} | " + " | ".join(f"{r['cpu_ms_per_prediction'].get(role, 0):.2f}"
+                                                for _, r in scenarios) + " |")
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--batch-clients", type=int, default=4)
-    parser.add_argument("--batch-files", type=int, default=16)
     parser.add_argument("--web-workers", type=int, default=2)
-    parser.add_argument("--web-threads", type=int, default=32)
     parser.add_argument("--images", type=int, default=2000, help="distinct MNIST test images to upload")
+    parser.add_argument("--photos", type=int, default=300, help="distinct photo-style uploads to cycle through")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for a worker")
     parser.add_argument("--skip-seed", action="store_true", help="leave out the seed design's baseline")
-    parser.add_argument("--skip-batch", action="store_true", help="leave out the batch path")
-    parser.add_argument("--skip-single", action="store_true", help="leave out single uploads")
+    parser.add_argument("--skip-no-flower", action="store_true", help="leave out the run without Flower")
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios and print the results."""
+    args = parse_args(argv)
     configure_logging()
     bench = BenchSettings()
-    samples = load_samples(bench.mnist_dir, args.images)
-
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "machine": platform.platform(),
-        "clients": args.clients,
-        "seconds": args.seconds,
-    }
-    results["pipeline"] = bench_pipeline(args, bench, samples)
+    samples = {False: load_samples(bench.mnist_dir, args.images),
+               True: load_photo_samples(bench.mnist_dir, args.photos, seed=0)}
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+                               "machine": platform.platform(), "clients": args.clients, "seconds": args.seconds}
+    results["flower"] = bench_stack(args, bench, True, WITH_FLOWER, samples)
+    if not args.skip_no_flower:
+        results["no_flower"] = bench_stack(args, bench, False, WITHOUT_FLOWER, samples)
     if not args.skip_seed:
-        results["seed"] = bench_seed(args, bench, samples)
-        if "single" in results["pipeline"]:
-            results["speedup"] = (results["pipeline"]["single"]["images_per_s"]
-                                  / results["seed"]["single"]["images_per_s"])
-    print(table(results))  # noqa: T201 - the command's output
-    p = results["pipeline"]
-    print(f"\nweb ready {p['web_ready_s']:.2f} s, peak RSS {p['web_rss_mb']:.0f} MB per process; "  # noqa: T201
-          f"worker ready {p['worker_ready_s']:.2f} s, peak RSS {p['worker_rss_mb']:.0f} MB; "
-          f"{results['cores']} cores" + (f"; speed-up over the seed design {results['speedup']:.1f}x"
-                                          if "speedup" in results else ""))
+        results["seed"] = {"mnist": bench_seed(args, bench, samples[False]),
+                           "photos": bench_seed(args, bench, samples[True])}
+    print(table(results) + "\n\n" + cpu_table(results))  # noqa: T201 - the command's output
+    f = results["flower"]
+    print(f"\nweb peak RSS {f['web_rss_mb']:.0f} MB per process; worker ready {f['worker_ready_s']:.1f} s "  # noqa: T201
+          f"after its start, peak RSS {f['worker_rss_mb']:.0f} MB; {results['cores']} cores, {args.clients} clients")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -17,13 +17,9 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,10 +32,10 @@ import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
-from bench.__main__ import reset_services
 from bench.load import Sample, Tally, run, summary
-from scripts.run_local import free_port
-from shared.config import REPO_ROOT, BenchSettings, child_environment
+from bench.samples import load_photo_samples
+from bench.stack import RunningStack, log_tail, role_of, start_stack, stop_stack, wait_for_workers
+from shared.config import BenchSettings
 from shared.logs import configure_logging
 
 log = logging.getLogger("bench.soak")
@@ -88,22 +84,6 @@ def format_table(times: Sequence[float], series: Mapping[str, Sequence[float | N
     return "\n".join(rows)
 
 
-def role_of(cmdline: Sequence[str], parent_cmdline: Sequence[str]) -> str:
-    """What a process of the stack is, from its command line and its parent's."""
-    joined, parent = " ".join(cmdline), " ".join(parent_cmdline)
-    if "scripts.run_local" in joined:
-        return "launcher"
-    if "gunicorn" in joined:
-        return "web worker" if "gunicorn" in parent else "web master"
-    if "worker.flower" in joined or "flower" in joined.split():
-        return "flower"
-    if "celery" in joined:
-        return "worker child" if "celery" in parent else "worker"
-    if cmdline and "redis-server" in cmdline[0]:
-        return "redis-server"
-    return Path(cmdline[0]).name if cmdline else "?"
-
-
 def stack_rss_mb(launcher_pid: int) -> dict[str, float]:
     """RSS (MB) of the launcher and every process below it, labelled by role; several of a role are numbered."""
     found: list[tuple[str, int, float]] = []
@@ -140,15 +120,6 @@ def row_order(name: str) -> tuple[int, int, str]:
         role, number = name, "0"
     rank = ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
     return rank, int(number), name
-
-
-@dataclass(frozen=True)
-class RunningStack:
-    """The launcher we started, where its web listens, and where its output goes."""
-
-    launcher: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
 
 
 @dataclass
@@ -188,85 +159,6 @@ def predictions_done(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.scalar(select(func.count()).select_from(Prediction)
                            .where(Prediction.state == State.SUCCESS.value)) or 0
-
-
-def load_photo_samples(mnist_dir: Path, count: int, seed: int) -> list[Sample]:
-    """`count` user-style uploads (PNG and JPEG photos, scans, drawings) of MNIST test digits, with labels."""
-    from tests.userstyle import user_style_set
-    from worker.mnist_data import load_idx_dir
-
-    mnist = load_idx_dir(mnist_dir)
-    # bench.load's multipart says image/png for every file; that is fine: the web sniffs the bytes.
-    return [Sample(data, label) for data, label, _kind in user_style_set(mnist.x_test, mnist.y_test, count, seed)]
-
-
-def start_stack(bench: BenchSettings, web_workers: int, data_dir: Path) -> RunningStack:
-    """`python -m scripts.run_local` on free ports against the (reset) benchmark Redis and database."""
-    reset_services(bench)
-    port = free_port()
-    while (flower_port := free_port()) == port:
-        pass
-    env = child_environment(REDIS_URL=bench.redis_url, DATABASE_URL=bench.database_url, PORT=str(port),
-                            FLOWER_PORT=str(flower_port), FLOWER_BASIC_AUTH=f"soak:{secrets.token_urlsafe(12)}",
-                            WEB_WORKERS=str(web_workers), RATE_LIMIT="",  # all the load comes from one address
-                            DATA_DIR=str(data_dir))  # its own metrics folder, not a running `make run`'s var/
-    log_path = data_dir / "stack.log"
-    log.info("starting the stack (web on port %d); its output goes to %s", port, log_path)
-    with log_path.open("ab") as out:
-        # A session of its own: Ctrl-C reaches only us, and we stop the launcher once, which stops the rest.
-        launcher = subprocess.Popen([sys.executable, "-m", "scripts.run_local"], cwd=REPO_ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return RunningStack(launcher, port, log_path)
-
-
-def wait_for_workers(stack: RunningStack, timeout: float) -> float:
-    """Seconds until GET /system reports at least one worker; fails if the launcher exits or time runs out."""
-    start = time.monotonic()
-    while (waited := time.monotonic() - start) < timeout:
-        if stack.launcher.poll() is not None:
-            raise RuntimeError(f"the stack exited with code {stack.launcher.returncode} while starting:\n"
-                               + log_tail(stack.log_path))
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{stack.port}/system", timeout=2) as resp:
-                if json.loads(resp.read()).get("workers", 0) >= 1:
-                    return waited
-        except (OSError, ValueError):
-            pass  # not listening yet, or 503 while Redis is not reachable
-        time.sleep(0.5)
-    raise RuntimeError(f"no worker on GET /system after {timeout:.0f} s:\n" + log_tail(stack.log_path))
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    """The last lines of the stack's output."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no output)"
-
-
-def stop_stack(stack: RunningStack, grace: float = 40.0) -> None:
-    """SIGINT to the launcher (it stops its children in order); SIGKILL whatever is left after `grace`."""
-    launcher = stack.launcher
-    try:
-        tree = psutil.Process(launcher.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
-    if launcher.poll() is None:
-        log.info("stopping the stack")
-        launcher.send_signal(signal.SIGINT)
-    try:
-        code = launcher.wait(timeout=grace)
-        log.info("the stack stopped (launcher exit code %s)", code)
-    except subprocess.TimeoutExpired:
-        log.warning("the launcher did not stop in %.0f s; killing it", grace)
-        launcher.kill()
-        launcher.wait()
-    # Its children run in sessions of their own: make sure none outlived it.
-    _gone, alive = psutil.wait_procs(tree, timeout=5)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            log.warning("killing left-over %s (pid %d)", " ".join(proc.cmdline()[:4]), proc.pid)
-            proc.kill()
 
 
 async def soak(port: int, samples: Sequence[Sample], sampler: Sampler, args: argparse.Namespace

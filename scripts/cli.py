@@ -1,7 +1,9 @@
 """Command-line client: `python -m scripts.cli predict FILE... [--url URL]` prints each file's digit.
 
-It goes through the same queue as the page: one upload per 16 files, then a long poll until every answer
-is final. Exit status 0 when every file was read, 1 when any was refused or failed, 2 on a service error.
+It goes through the same queue as the page: one upload per 16 files in one-request mode
+(`POST /predict?wait=`), which answers with the digits; should they take longer, it long-polls until
+every answer is final. Exit status 0 when every file was read, 1 when any was refused or failed, 2 on a
+service error.
 """
 
 from __future__ import annotations
@@ -11,57 +13,55 @@ import json
 import logging
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.load import multipart
+import requests
+
 from shared.config import ClientSettings
 
 log = logging.getLogger("digits")
 PER_REQUEST = 16  # the service's default MAX_FILES_PER_REQUEST
+FINAL = ("SUCCESS", "FAILURE")
 
 
-def _call(url: str, body: bytes | None = None, content_type: str | None = None,
-          timeout: float = 60) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    if content_type:
-        request.add_header("Content-Type", content_type)
+def _json(response: requests.Response) -> dict[str, Any]:
+    """The API's JSON answer (4xx/5xx carry its error document too)."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:  # 4xx/5xx still carry the API's JSON error
-        try:
-            return exc.code, json.loads(exc.read())
-        except ValueError:
-            return exc.code, {"error": {"code": "http_error", "message": str(exc)}}
+        body = response.json()
+    except ValueError:
+        return {"error": {"code": "http_error", "message": f"{response.status_code} {response.reason}"}}
+    return body if isinstance(body, dict) else {"error": {"code": "http_error", "message": str(body)}}
+
+
+def _await_final(http: requests.Session, base_url: str, status_url: str, wait: float) -> tuple[int, dict[str, Any]]:
+    """Long-poll a status URL until every document is final; the last status and answer."""
+    while True:
+        asked = time.monotonic()
+        response = http.get(f"{base_url}{status_url}", params={"wait": wait}, timeout=wait + 30)
+        answer = _json(response)
+        if response.status_code != 200 or all(d["state"] in FINAL for d in answer.get("tasks", [answer])):
+            return response.status_code, answer
+        if time.monotonic() - asked < 1:  # the server could not hold the request: do not spin
+            time.sleep(1)
 
 
 def predict(base_url: str, paths: Sequence[Path], wait: float = 10) -> list[tuple[Path, dict[str, Any]]]:
     """Upload the files and wait for their answers; (path, status document or error) in order."""
     results: list[tuple[Path, dict[str, Any]]] = []
-    for start in range(0, len(paths), PER_REQUEST):
-        chunk = list(paths[start:start + PER_REQUEST])
-        body, ctype = multipart([(p.name, p.read_bytes()) for p in chunk])
-        status, answer = _call(f"{base_url}/predict", body, ctype)
-        if status != 202:
-            results += [(p, answer) for p in chunk]
-            continue
-        status_url = answer["status_url"]
-        while True:
-            asked = time.monotonic()
-            status, docs = _call(f"{base_url}{status_url}{'&' if '?' in status_url else '?'}wait={wait}")
+    with requests.Session() as http:
+        for start in range(0, len(paths), PER_REQUEST):
+            chunk = list(paths[start:start + PER_REQUEST])
+            files = [("file", (p.name, p.read_bytes())) for p in chunk]
+            response = http.post(f"{base_url}/predict", params={"wait": wait}, files=files, timeout=wait + 60)
+            status, answer = response.status_code, _json(response)
+            if status == 202:  # not final within the wait: follow its status URL
+                status, answer = _await_final(http, base_url, answer["status_url"], wait)
             if status != 200:
-                results += [(p, docs) for p in chunk]
-                break
-            docs_list = docs.get("tasks", [docs])
-            if all(d["state"] in ("SUCCESS", "FAILURE") for d in docs_list):
-                results += list(zip(chunk, docs_list, strict=True))
-                break
-            if time.monotonic() - asked < 1:  # the server could not hold the request: do not spin
-                time.sleep(1)
+                results += [(p, answer) for p in chunk]
+                continue
+            results += list(zip(chunk, answer.get("tasks", [answer]), strict=True))
     return results
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         results = predict(args.url.rstrip("/"), args.files)
-    except (urllib.error.URLError, OSError) as exc:
+    except (requests.RequestException, OSError) as exc:
         log.error("cannot reach %s: %s", args.url, exc)
         return 2
     ok = True

@@ -269,13 +269,14 @@ def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_ur
                               "--access-logfile", "-", "web:create_app()"], web_env)
     stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
                            "--hostname", "worker@%h"], env)
-    flower = stack.start("flower", [python, "-m", "worker.flower", f"--port={local.flower_port}",
-                                    "--address=127.0.0.1"],
-                         env | {"FLOWER_BASIC_AUTH": flower_auth, "FLOWER_LOCAL_MODE": "1"})
     wait_for_port(local.port, web)
-    wait_for_port(local.flower_port, flower)
     log.info("web:    http://127.0.0.1:%d", local.port)
-    log.info("flower: http://127.0.0.1:%d (user %s, password %s)", local.flower_port, *flower_auth.split(":", 1))
+    if local.with_flower:
+        flower = stack.start("flower", [python, "-m", "worker.flower", f"--port={local.flower_port}",
+                                        "--address=127.0.0.1"],
+                             env | {"FLOWER_BASIC_AUTH": flower_auth, "FLOWER_LOCAL_MODE": "1"})
+        wait_for_port(local.flower_port, flower)
+        log.info("flower: http://127.0.0.1:%d (user %s, password %s)", local.flower_port, *flower_auth.split(":", 1))
     log.info("redis:  %s   database: %s", redis_url, database_url.split("@")[-1])
 
 

@@ -28,20 +28,22 @@ class _Item(Generic[T, R]):
 
 
 class Batcher(Generic[T, R]):
-    """Hand items submitted concurrently to `run_batch` in groups of at most `max_batch`, one group at a time.
+    """Hand items submitted concurrently to `run_batch` in groups of at most `max_batch`, `runners` groups at once.
 
     `run_batch` returns one outcome per item, in the items' order: its result, or an exception that only
     that item's caller sees; an exception it raises is every caller's.
     """
 
     def __init__(self, run_batch: Callable[[list[T]], Sequence[R | BaseException]], max_batch: int,
-                 max_wait: float, name: str = "batcher") -> None:
+                 max_wait: float, name: str = "batcher", runners: int = 1) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._name = name
+        # More than one runner: while one group waits on the database, the next one is collected and computed.
+        self._runners = max(1, runners)
         self._queue: queue.SimpleQueue[_Item[T, R]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def submit(self, value: T, timeout: float | None = None) -> R:
@@ -63,9 +65,10 @@ class Batcher(Generic[T, R]):
     def _ensure_running(self) -> None:
         # Started on first use, in the process that serves (never before a fork: threads don't follow one).
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+            while len(self._threads) < self._runners:
+                thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def _collect(self) -> list[_Item[T, R]]:
         """Block for the first item, then take what arrives within `max_wait`, up to `max_batch`."""

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(4, description="Messages reserved per task thread")
     batch_max_size: int = Field(128, description="Most uploads in one model call and one database write")
     batch_max_wait_ms: float = Field(2.0, description="Longest a task waits for others to share its batch")
+    batch_runners: int = Field(
+        2, description="Batches a worker process runs at once: while one waits on MySQL, the next is computed")
     log_level: str = Field("INFO", description="Python logging level")
     log_format: str = Field("text", description="text (readable) or json (one object per line, with task ids)")
     prometheus_multiproc_dir: Path | None = Field(
@@ -77,6 +79,7 @@ class LocalRunSettings(BaseSettings):
     flower_port: int = Field(5555, description="Flower port for `make run`")
     flower_basic_auth: str | None = Field(None, description="user:password for Flower; generated when unset")
     web_workers: int = Field(2, description="gunicorn worker processes for `make run`")
+    with_flower: bool = Field(True, description="Start Flower with `make run` (the benchmark measures without too)")
     data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
 
 

@@ -7,6 +7,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from web.api import MAX_WAIT_SECONDS
+
 bp = Blueprint("openapi", __name__)
 
 
@@ -22,7 +24,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
 WAIT = {"name": "wait", "in": "query", "required": False,
         "description": "Hold the answer up to this many seconds until the task is final (long poll).",
-        "schema": {"type": "number", "minimum": 0, "maximum": 30}}
+        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS}}
+PREDICT_WAIT = {**WAIT, "description": (
+    "One-request mode: hold the answer up to this many seconds until every upload is final, then answer 200 with "
+    "the final status document (several files: {\"tasks\": [...]}); if they are not final by then, the usual "
+    "202. The uploads are recorded and queued exactly as without it.")}
 OWNER = {"name": "X-Owner-Token", "in": "header", "required": False,
          "description": "The client's own owner token (22-128 URL-safe characters); the page uses a cookie instead. "
                         "Uploads are recorded under it, and GET /predictions lists only its uploads.",
@@ -37,16 +43,18 @@ SPEC: dict[str, Any] = {
              "description": "Upload images of handwritten digits; they are queued, predicted, and stored."},
     "paths": {
         "/predict": {"post": {
-            "summary": "Upload one or several images (multipart field `file`)",
-            "parameters": [OWNER],
+            "summary": "Upload one or several images (multipart field `file`); `?wait=S` answers with the digits",
+            "parameters": [OWNER, PREDICT_WAIT],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"],
                 "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
                                         "minItems": 1, "maxItems": 16}}}}}},
             "responses": {
+                "200": {"description": "With `wait`: every upload final within it; their status documents",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Final"}}}},
                 "202": {"description": "Recorded and queued",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
-                "400": _error("Not a usable image, blank, or too many files"),
+                "400": _error("Not a usable image, blank, too many files, or a bad `wait`"),
                 "413": _error("Larger than the service accepts"),
                 "415": _error("Not an image, or not multipart/form-data"),
                 "429": _error("Too many uploads from this address"),
@@ -125,6 +133,10 @@ SPEC: dict[str, Any] = {
             {"type": "object", "required": ["tasks", "status_url"],
              "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
                             "status_url": {"type": "string"}}}]},
+        "Final": {"oneOf": [
+            {"$ref": "#/components/schemas/Status"},
+            {"type": "object", "required": ["tasks"],
+             "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Status"}}}}]},
         "Status": {"type": "object",
                    "required": ["task_id", "state", "digit", "confidence", "probabilities", "model_version",
                                 "error", "created_at", "finished_at"],

@@ -20,10 +20,10 @@ RunBatch = Callable[[Sequence[str]], dict[str, dict[str, Any]]]
 class MicroBatcher:
     """Collect task ids from many threads and hand them to `run_batch` in groups of at most `max_batch`."""
 
-    def __init__(self, run_batch: RunBatch, max_batch: int = 128, max_wait: float = 0.002) -> None:
+    def __init__(self, run_batch: RunBatch, max_batch: int = 128, max_wait: float = 0.002, runners: int = 1) -> None:
         self._run_batch = run_batch
         self._batcher: Batcher[str, dict[str, Any]] = Batcher(self._documents, max_batch, max_wait,
-                                                               name="micro-batcher")
+                                                               name="micro-batcher", runners=runners)
 
     def submit(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Queue one task id and block until its batch ran; its status document, or the batch's error."""

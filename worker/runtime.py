@@ -92,5 +92,5 @@ def _build(settings: Settings) -> WorkerRuntime:
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,
                             pipeline=pipeline)
     runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
-                                   max_wait=settings.batch_max_wait_ms / 1000)
+                                   max_wait=settings.batch_max_wait_ms / 1000, runners=settings.batch_runners)
     return runtime
