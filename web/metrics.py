@@ -63,7 +63,7 @@ def register(app: Flask) -> None:
             LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         REQUESTS.labels(method=request.method, endpoint=endpoint, status=str(response.status_code)).inc()
         if request.endpoint == "api.predict":
-            if response.status_code == 202:
+            if response.status_code in (200, 202):  # 200: accepted and answered in one request (?wait=)
                 count_uploads("accepted", g.get("accepted_uploads", 1))
             else:
                 count_uploads(g.get("error_code", f"http_{response.status_code}"))

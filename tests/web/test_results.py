@@ -19,6 +19,7 @@ from shared.schema import Prediction, State, utcnow
 from shared.statuses import cache_final, status_key
 from tests.conftest import png_bytes
 from web import create_app
+from web.metrics import UPLOADS
 from web.results import ResultWaiter
 
 
@@ -233,6 +234,7 @@ def _upload_in_thread(client, url: str, count: int, mnist) -> tuple[threading.Th
 
 
 def test_predict_with_wait_answers_the_final_document_in_one_request(client, settings, db_engine, mnist):
+    accepted = UPLOADS.labels(outcome="accepted")._value.get()
     uploader, answer = _upload_in_thread(client, "/predict?wait=20", 1, mnist)
     docs = _work_off_one_message(settings, db_engine)
     uploader.join(30)
@@ -241,6 +243,7 @@ def test_predict_with_wait_answers_the_final_document_in_one_request(client, set
     assert answer["body"] == next(iter(docs.values())) and answer["body"]["state"] == "SUCCESS"
     # The same document any later status read gives.
     assert client.get(f"/tasks/{answer['body']['task_id']}").get_json() == answer["body"]
+    assert UPLOADS.labels(outcome="accepted")._value.get() == accepted + 1  # counted though answered 200
 
 
 def test_predict_with_wait_for_several_files_answers_once_all_are_final(client, settings, db_engine, mnist):
