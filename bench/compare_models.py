@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.models:
         meta = _metadata(path)
         predictor = Predictor.load(path)
-        predictor_params[path] = int(predictor.model.count_params())
+        predictor_params[path] = predictor.params
         t0 = time.perf_counter()
         mnist_acc = float(np.mean(predict(predictor, mnist_images) == mnist.y_test))
         infer_ms = (time.perf_counter() - t0) * 1000 / len(mnist_images)

@@ -40,7 +40,12 @@ class Settings(BaseSettings):
     # Redis only caches final answers for the pollers (MySQL keeps every result): a few minutes is what the
     # page and clients need, and it bounds Redis' memory to about rate x TTL x 0.5 KB.
     result_ttl_seconds: int = Field(300, description="How long Redis caches a final status document, in seconds")
-    worker_tf_threads: int = Field(0, description="TensorFlow intra-op threads per worker process; 0 = all cores")
+    worker_inference: str = Field(
+        "auto", description="Model engine: auto (numpy on a CPU for models it runs well, like the seed CNN; else "
+                            "TensorFlow), numpy, or tensorflow (GPU workers)")
+    worker_tf_threads: int = Field(
+        0, description="Threads of a worker process's model call: TensorFlow's intra-op pool (0 = all cores), or "
+                       "numpy's BLAS (0 = one)")
     worker_pool: str = Field("threads", description="Celery pool: threads (micro-batched) or prefork")
     worker_concurrency: int = Field(32, description="Task threads per worker process (uploads in flight)")
     worker_prefetch_multiplier: int = Field(4, description="Messages reserved per task thread")

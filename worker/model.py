@@ -1,10 +1,15 @@
-"""The digit model, loaded once per worker process and called through one compiled function."""
+"""The digit model, loaded once per worker process and called through one batched function.
+
+On a CPU the seed CNN runs on numpy (worker/numpy_model.py): no TensorFlow in the worker at all, which is
+most of its memory and start time. TensorFlow runs what numpy cannot run well: a GPU, larger models.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +18,12 @@ import numpy as np
 
 from shared.config import quiet_tensorflow_logs
 from worker.metrics import INFERENCE
+from worker.numpy_model import NumpyModel, Unsupported
 
 log = logging.getLogger(__name__)
 
 INPUT_SHAPE = (28, 28)
+GPU_DEVICE = Path("/dev/nvidiactl")  # present where NVIDIA's driver is: the host may have a GPU for TensorFlow
 
 
 def model_version_of(model_path: Path) -> str:
@@ -32,38 +39,35 @@ def model_version_of(model_path: Path) -> str:
     return hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
 
 
+# Multiply-adds per image up to which numpy's matrix products keep up with TensorFlow on a CPU (the seed CNN:
+# 0.25 M, 4 ms per batch of 128 on one core); the strong CNN (about 12 M) is several times faster in TensorFlow.
+NUMPY_MAX_MACS = 2_000_000
+ENGINES = ("auto", "numpy", "tensorflow")
+
+
 @dataclass
 class Predictor:
-    """A loaded Keras model with a traced inference function: one call per batch, no `model.predict`."""
+    """A loaded model behind one batched call (numpy, or a traced TensorFlow function): no `model.predict`."""
 
-    model: Any
     version: str
     device: str
-    _fn: Any
+    engine: str
+    params: int
+    _fn: Callable[[np.ndarray], Any]
 
     @classmethod
-    def load(cls, model_path: Path) -> Predictor:
-        """Load the .h5 model, pick GPU if TensorFlow sees one, and trace the batched call once."""
-        # TensorFlow is imported here, never at module import: the Celery parent process must not
-        # initialise it before forking its children (TF's thread pools do not survive fork).
-        import keras
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        device = "/GPU:0" if gpus else "/CPU:0"
-        for gpu in gpus:
-            # Several worker processes may share one GPU: grow memory instead of grabbing it all.
-            tf.config.experimental.set_memory_growth(gpu, True)
-        with tf.device(device):
-            model = keras.models.load_model(model_path, compile=False)
-
-        # A fixed signature with an open batch dimension: traced once, reused for every batch size.
-        @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE, 1], tf.float32)], reduce_retracing=True)
-        def infer(x: Any) -> Any:
-            return model(x, training=False)
-
-        predictor = cls(model=model, version=model_version_of(model_path), device=device, _fn=infer)
-        predictor.predict(np.zeros((1, *INPUT_SHAPE), np.float32))  # warm up: trace now, not on the first upload
+    def load(cls, model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
+        """Load the .h5 with the engine asked for (auto: numpy when it runs the model well on this CPU), and
+        call it once so the first upload does not pay for the warm-up."""
+        if engine not in ENGINES:
+            raise ValueError(f"unknown inference engine {engine!r}; expected one of {ENGINES}")
+        model = None if engine == "tensorflow" else _numpy_model(model_path, engine)
+        if model is not None:
+            predictor = cls(model_version_of(model_path), "/CPU:0", "numpy", model.params, model)
+            _limit_blas_threads(threads)
+        else:
+            predictor = _tensorflow_predictor(model_path, threads)
+        predictor.predict(np.zeros((1, *INPUT_SHAPE), np.float32))
         return predictor
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -73,15 +77,62 @@ class Predictor:
             return np.asarray(self._fn(x))
 
 
-def load_predictor(model_path: Path, threads: int = 0) -> Predictor:
-    """Configure TensorFlow's thread pools for this process, then load the model (call once, after fork)."""
+def _numpy_model(model_path: Path, engine: str) -> NumpyModel | None:
+    """The model on the numpy engine, or None where TensorFlow should run it (auto) ; Unsupported if forced."""
+    if engine == "auto" and GPU_DEVICE.exists():
+        return None  # an NVIDIA GPU on this host: TensorFlow's CUDA build uses it
+    try:
+        model = NumpyModel.load(model_path, (*INPUT_SHAPE, 1))
+    except Unsupported as exc:
+        if engine == "numpy":
+            raise
+        log.info("the numpy engine cannot run %s (%s): using TensorFlow", model_path, exc)
+        return None
+    if engine == "auto" and model.macs_per_image > NUMPY_MAX_MACS:
+        log.info("%s needs %d multiply-adds per image: TensorFlow runs it faster than numpy", model_path,
+                 model.macs_per_image)
+        return None
+    return model
+
+
+def _limit_blas_threads(threads: int) -> None:
+    """numpy's BLAS on one thread unless asked: its batches are small, and the cores serve the rest of the stack."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads if threads > 0 else 1, user_api="blas")
+
+
+def _tensorflow_predictor(model_path: Path, threads: int) -> Predictor:
+    """The .h5 in Keras, on the GPU if TensorFlow sees one, behind a function traced once."""
     quiet_tensorflow_logs()
+    # TensorFlow is imported here, never at module import: the Celery parent process must not initialise it
+    # before forking its children (TF's thread pools do not survive fork).
+    import keras
     import tensorflow as tf
 
     if threads > 0:
         # Several worker processes share the cores: cap each one's pool so they do not oversubscribe.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    predictor = Predictor.load(model_path)
-    log.info("model %s loaded from %s on %s", predictor.version, model_path, predictor.device)
+    gpus = tf.config.list_physical_devices("GPU")
+    device = "/GPU:0" if gpus else "/CPU:0"
+    for gpu in gpus:
+        # Several worker processes may share one GPU: grow memory instead of grabbing it all.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    with tf.device(device):
+        model = keras.models.load_model(model_path, compile=False)
+
+    # A fixed signature with an open batch dimension: traced once, reused for every batch size.
+    @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE, 1], tf.float32)], reduce_retracing=True)
+    def infer(x: Any) -> Any:
+        return model(x, training=False)
+
+    return Predictor(model_version_of(model_path), device, "tensorflow", int(model.count_params()), infer)
+
+
+def load_predictor(model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
+    """Load the model for this process (call once, after any fork)."""
+    predictor = Predictor.load(model_path, engine, threads)
+    log.info("model %s loaded from %s: %s engine on %s", predictor.version, model_path, predictor.engine,
+             predictor.device)
     return predictor

@@ -75,7 +75,7 @@ def get_runtime() -> WorkerRuntime:
 
 def _build(settings: Settings) -> WorkerRuntime:
     """Load the model and open the pools; called once per process, after any fork."""
-    predictor = load_predictor(settings.model_path, threads=settings.worker_tf_threads)
+    predictor = load_predictor(settings.model_path, settings.worker_inference, threads=settings.worker_tf_threads)
     # A connection for each task thread that may run a batch at once, plus the micro-batcher's, the lease
     # thread's and recovery's, kept open: no connect churn.
     engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 3, max_overflow=0)

@@ -52,9 +52,10 @@ def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def prefork_stack(database_url: str, redis_url: str) -> Iterator[Stack]:
-    """The same with a prefork worker (one child), the pool where loading TensorFlow early would hang."""
+    """The same with a prefork worker (one child) on TensorFlow, the pool where loading TensorFlow early would hang."""
     # Through the settings: Celery's CLI cannot override a configured pool with `--pool prefork`.
-    yield from _start(database_url, redis_url, WORKER_POOL="prefork", WORKER_CONCURRENCY="1")
+    yield from _start(database_url, redis_url, WORKER_POOL="prefork", WORKER_CONCURRENCY="1",
+                      WORKER_INFERENCE="tensorflow")
 
 
 def _wait_final(stack: Stack, status_url: str, timeout: float = 90) -> dict:
@@ -217,6 +218,14 @@ def test_model_lives_in_the_forked_child_never_in_the_celery_parent(prefork_stac
     assert children, "the prefork worker has no child processes"
     assert not _loaded_tensorflow(stack.worker_pid)  # TensorFlow in the parent would hang its forked children
     assert all(_loaded_tensorflow(child) for child in children)
+
+
+def test_a_cpu_worker_serves_the_seed_model_without_loading_tensorflow(stack, mnist):
+    body = requests.post(f"{stack.base_url}/predict", params={"wait": 20},
+                         files={"file": ("d.png", png_bytes(mnist.x_test[6]))}, timeout=30).json()
+
+    assert body["state"] == "SUCCESS" and body["digit"] == int(mnist.y_test[6])
+    assert not _loaded_tensorflow(stack.worker_pid)  # the numpy engine: most of a worker's memory saved
 
 
 def test_a_body_over_the_limit_is_refused_from_its_declared_length_before_it_is_sent(stack):
