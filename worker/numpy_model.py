@@ -245,7 +245,8 @@ def _layer(stored: h5py.Group, spec: dict[str, Any]) -> Layer | None:
         raise Unsupported(f"layer {kind}")
     if config.get("data_format", "channels_last") != "channels_last":
         raise Unsupported("channels-first data")
-    group = stored[config["name"]] if config["name"] in stored else None
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])] \
-        if group is not None else []
-    return BUILDERS[kind](config, [np.asarray(group[n], np.float32) for n in names] if group is not None else [])
+    group = stored.get(config["name"])  # layers without weights may have no group
+    if group is None:
+        return BUILDERS[kind](config, [])
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+    return BUILDERS[kind](config, [np.asarray(group[n], np.float32) for n in names])
