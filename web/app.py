@@ -1,0 +1,71 @@
+"""The application factory: the web app and its dependencies, built once per process."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from flask import Flask
+
+from shared.config import REPO_ROOT, Settings, get_settings
+from shared.db import make_engine, make_session_factory
+from shared.logs import configure_logging
+from shared.queue import make_celery
+from web import owner
+from web.db import EXTENSION, Deps
+from web.ingest import Ingest
+from web.results import ResultWaiter
+
+log = logging.getLogger(__name__)
+
+# A broker hiccup is retried briefly before the upload is refused with a 503.
+ENQUEUE_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+
+def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
+    """Application factory: dependencies are passed in (tests) or built from the environment."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = Flask(__name__, template_folder=str(REPO_ROOT / "templates"), static_folder="static")
+    # Werkzeug refuses larger bodies with 413 before reading them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes
+    app.config["MAX_FORM_PARTS"] = settings.max_files_per_request + 16
+    app.json.sort_keys = False
+
+    # Neither of these connects now: the engine's pool and Celery's producer connect on first use.
+    # Status reads of unfinished uploads go to MySQL: keep a connection for every request a process serves at
+    # once (gunicorn's threads: 8 in the image, 32 in the benchmark), since each new one costs a TLS
+    # handshake attempt (PyMySQL's default) and an overflow connection is closed when it is given back.
+    engine = make_engine(settings.database_url, pool_size=16, max_overflow=16)
+    producer = celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web")
+    app.extensions[EXTENSION] = Deps(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        celery=producer,
+        redis=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
+        # Its listener thread starts on the first long poll, inside the serving process.
+        results=ResultWaiter(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2),
+                             max_waiting=settings.max_long_polls),
+        # Its thread starts on the first upload, inside the serving process.
+        ingest=Ingest(engine, producer, settings.queue_name, ENQUEUE_RETRY_POLICY,
+                      max_wait=settings.ingest_max_wait_ms / 1000),
+        operators=owner.operator_credentials(settings.admin_basic_auth),
+    )
+
+    from web import api, errors, headers, health, limits, metrics, openapi, pages
+    from web.db import close_session
+
+    app.teardown_appcontext(close_session)
+    errors.register(app)
+    headers.register(app)
+    owner.register(app)
+    limits.register(app, settings)
+    metrics.register(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    return app
