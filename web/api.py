@@ -142,18 +142,26 @@ def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
     return [docs[t] for t in task_ids]
 
 
+# Re-reading the stored state when nothing was heard: first after a second, then less often. A result that was
+# committed but never published (its worker died in between) is still found within seconds, and a process
+# holding hundreds of waits does not read MySQL hundreds of times a second.
+REREAD_FIRST_S, REREAD_MAX_S = 1.0, 4.0
+
+
 def _hold(task_ids: list[str], heard: Subscription, deadline: float, settled: Callable[[Iterable[bool]], bool],
           docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The latest documents of the ids, once `settled` holds for their finality or the deadline passes."""
+    reread = REREAD_FIRST_S
     while True:
         docs |= heard.docs  # final documents as the workers published them: no read needed
         remaining = deadline - time.monotonic()
         if settled(docs.get(t, {}).get("state") in FINAL_STATES for t in task_ids) or remaining <= 0:
             return docs
-        if not heard.wait(min(remaining, 1.0)):
-            # Nothing heard for a second: pub/sub may be reconnecting, or a worker died between its
-            # commit and its publication; the stored state is the truth.
+        if not heard.wait(min(remaining, reread)):
+            # Nothing heard for a while: pub/sub may be reconnecting, or a worker died between its commit and
+            # its publication; the stored state is the truth.
             docs |= {doc["task_id"]: doc for doc in _known(task_ids)}
+            reread = min(2 * reread, REREAD_MAX_S)
 
 
 def _wait_seconds(raw: str | None) -> float:
