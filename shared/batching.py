@@ -92,6 +92,12 @@ class Batcher(Generic[T, R]):
             except Exception as exc:  # every caller of the group sees the error and decides for itself
                 log.warning("%s: a group of %d failed: %r", self._name, len(items), exc)
                 outcomes = [exc] * len(items)
+            except BaseException as exc:  # the runner ends; its callers must not wait forever
+                with self._lock:  # gone before its callers wake: the next submit starts a replacement
+                    self._threads = [t for t in self._threads if t is not threading.current_thread()]
+                for item in items:
+                    item.future.set_exception(exc)
+                raise
             for item, outcome in zip(items, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     item.future.set_exception(outcome)
