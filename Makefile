@@ -10,7 +10,7 @@ TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help run test lint model migrate bench clean
+.PHONY: help run test check lint model migrate bench clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -46,8 +46,12 @@ run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a wo
 test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and Redis, see README)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-dev  ## ruff
+lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+check: lint  ## the fast tier: lint, then the tests that need no MariaDB, Redis, MNIST copy or trained model
+	$(PY) -m pytest -m "not services" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-local model  ## load benchmark against BENCH_REDIS_URL / BENCH_DATABASE_URL, vs the seed design
 	$(PY) -m bench $(BENCH_ARGS)

@@ -123,7 +123,7 @@ class BenchSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once."""
-    return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    return Settings()  # required fields come from the environment
 
 
 def child_environment(**overrides: str) -> dict[str, str]:

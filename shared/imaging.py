@@ -18,6 +18,7 @@ import io
 import logging
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -157,6 +158,19 @@ def _open(data: bytes, limits: ImageLimits, draft_side: int | None) -> tuple[Ima
     ``draft_side``: let JPEG decode directly at a reduced scale (DCT scaling) no smaller than this,
     which is several times faster and still reads (so checks) the whole compressed stream.
     """
+    img = _identify(data)
+    fmt = img.format or "unknown"
+    # The declared size, from the header, before a single pixel is decoded.
+    width, height = img.size
+    mode = img.mode
+    _check_declared_size(img, limits)
+    frames = _decode_first_frame(img, fmt, draft_side)
+    info = ImageInfo(format=_FORMAT_ALIASES.get(fmt, fmt), width=width, height=height, mode=mode, frames=frames)
+    return img, info
+
+
+def _identify(data: bytes) -> Image.Image:
+    """The image PIL recognises in the bytes (nothing decoded yet), in a format we take; else ImageRejected."""
     if not data:
         raise ImageRejected("empty", "the upload is empty (0 bytes)")
     what = _sniff_non_image(data)
@@ -179,10 +193,12 @@ def _open(data: bytes, limits: ImageLimits, draft_side: int | None) -> tuple[Ima
         img.close()
         allowed = ", ".join(sorted(ALLOWED_FORMATS - set(_FORMAT_ALIASES)))
         raise ImageRejected("unsupported_format", f"{fmt} images are not supported; use {allowed}")
+    return img
 
-    # The declared size, from the header, before a single pixel is decoded.
+
+def _check_declared_size(img: Image.Image, limits: ImageLimits) -> None:
+    """Refuse (and close) an image whose header declares a size outside the limits."""
     width, height = img.size
-    mode = img.mode
     if width < limits.min_side or height < limits.min_side:
         img.close()
         raise ImageRejected(
@@ -196,10 +212,14 @@ def _open(data: bytes, limits: ImageLimits, draft_side: int | None) -> tuple[Ima
             f"{limits.max_pixels / 1e6:g} megapixels",
         )
 
+
+def _decode_first_frame(img: Image.Image, fmt: str, draft_side: int | None) -> int:
+    """Decode the first frame (a JPEG at a reduced scale if asked); its frame count. Damaged data: ImageRejected."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Something in this process asked PIL to accept cut-off files; uploads must not be.
         log.warning("PIL's LOAD_TRUNCATED_IMAGES was on; turning it off so truncated uploads are refused")
         ImageFile.LOAD_TRUNCATED_IMAGES = False
+    (width, height), mode = img.size, img.mode  # as declared, before counting frames seeks
     try:
         frames = int(getattr(img, "n_frames", 1))  # counting may seek: go back to the first frame
         if img.tell() != 0:
@@ -212,9 +232,7 @@ def _open(data: bytes, limits: ImageLimits, draft_side: int | None) -> tuple[Ima
     except Exception as exc:  # any decoder failure means damaged data
         img.close()
         raise _damaged() from exc
-
-    info = ImageInfo(format=_FORMAT_ALIASES.get(fmt, fmt), width=width, height=height, mode=mode, frames=frames)
-    return img, info
+    return frames
 
 
 def _to_gray(img: Image.Image, max_side: int | None) -> Image.Image:
@@ -257,7 +275,7 @@ def inspect_image(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageIn
     try:
         # Blank test on a small box-averaged copy: averaging removes noise but keeps any digit.
         gray = _to_gray(img, max_side=256)
-        lo, hi = gray.getextrema()
+        lo, hi = cast(tuple[float, float], gray.getextrema())  # one band: _to_gray gives L or F
     except Exception as exc:  # a conversion failure is a damaged image too
         raise _damaged() from exc
     finally:
@@ -361,7 +379,7 @@ def _fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> _Backgro
     gray_coef = sign * coef
     gray_coef[0] += paper
     bounds = (paper + sign * float(kept.min()), paper + sign * float(kept.max()))
-    return _Background(gray_coef, min(bounds), max(bounds))
+    return _Background(gray_coef, float(min(bounds)), float(max(bounds)))
 
 
 def _ink_map(gray: np.ndarray, background: _Background, dark_ink: bool) -> np.ndarray:
@@ -411,15 +429,17 @@ def is_mnist_form(gray: np.ndarray) -> bool:
 
 def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     """Grey image (2-D, [0, 1], 0 = black) to an MNIST-style (28, 28) float32 digit in [0, 1]."""
-    from scipy import ndimage  # lazily: the web imports this module and never needs scipy
-
     gray = np.asarray(gray)
     gray = gray * np.float32(1 / 255) if gray.dtype == np.uint8 else gray.astype(np.float32, copy=False)
     if gray.ndim != 2 or min(gray.shape) < 2:
         raise ValueError(f"expected a 2-D grey image, got shape {gray.shape}")
     if is_mnist_form(gray):
         return gray.copy()  # already what the recipe below would make: redoing it only costs time
+    return _fit_and_centre(_digit_crop(_ink_of(gray)))
 
+
+def _ink_of(gray: np.ndarray) -> np.ndarray:
+    """Steps 1-4: the ink, bright on black, normalised to [0, 1] with faint noise dropped; no_ink if none."""
     # 1. Polarity: the ink is whichever side deviates most from the paper (the border's level),
     # judged on robust extremes (the few dozenth darkest and brightest pixels, not single spikes).
     flat = gray.reshape(-1)
@@ -449,6 +469,12 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     ink *= np.float32(1.0 / (level * (1.0 - thresh)))
     ink -= np.float32(thresh / (1.0 - thresh))
     np.clip(ink, 0.0, 1.0, out=ink)
+    return ink
+
+
+def _digit_crop(ink: np.ndarray) -> np.ndarray:
+    """Steps 5-6: the digit's own strokes, cropped (edge lines and specks dropped, blur re-sharpened)."""
+    from scipy import ndimage  # lazily: the web imports this module and never needs scipy
 
     # 5. Keep the digit: drop lines along the image's edge, then specks.
     _clear_edge_lines(ink)
@@ -470,8 +496,7 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
         if rows.size == 0:
             raise ImageRejected("no_ink", "no digit found: the image has no visible ink")
         crop = _thicken_thin_strokes(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
-
-    return _fit_and_centre(crop)
+    return crop
 
 
 def _clear_edge_lines(ink: np.ndarray) -> None:

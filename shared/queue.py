@@ -37,7 +37,7 @@ def live_workers(client: Redis, queue: str) -> list[dict[str, Any]]:
     """The announcements of the worker processes serving this queue now (expired ones are removed)."""
     now = time.time()
     live: list[dict[str, Any]] = []
-    stale: list[bytes] = []
+    stale: list[bytes | str] = []
     for name, raw in sorted(client.hgetall(_workers_key(queue)).items()):
         info = json.loads(raw)
         # Wall clocks of different hosts: a TTL of several renewal intervals absorbs their skew.

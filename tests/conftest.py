@@ -2,42 +2,36 @@
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from shared.config import REPO_ROOT, Settings
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
+from tests.helpers import TestServices
 from web import create_app
 
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+# Fixtures that reach MariaDB, Redis, the team's MNIST copy or the trained model: a test that uses one (directly
+# or through another fixture) is marked `services` and left out of `make check`'s fast tier.
+SERVICE_FIXTURES = frozenset({"services", "database_url", "redis_url", "mnist", "trained_model"})
 
 
-class TestServices(BaseSettings):
-    """Where the test services are: TEST_MYSQL_URL (a server URL with rights to create databases), TEST_REDIS_URL,
-    TEST_CHROMIUM, TEST_SCREENSHOT_DIR."""
-
-    __test__ = False  # not a test class, despite the name
-    model_config = SettingsConfigDict(env_prefix="TEST_")
-
-    mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306/"
-    redis_url: str = "redis://127.0.0.1:6379/15"
-    # The browser tests drive this Chromium (Debian's package) and keep their screenshots here.
-    chromium: Path = Path("/usr/bin/chromium")
-    screenshot_dir: Path = REPO_ROOT / "var" / "screenshots"
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need services (and every e2e, fault or browser test, which starts processes)."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & SERVICE_FIXTURES or any(item.get_closest_marker(m) for m in ("e2e", "fault")):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")
@@ -110,16 +104,16 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture(scope="session")
+def trained_model() -> Path:
+    """models/mnist_model.h5, which `make model` trains (make test does it first)."""
+    path = REPO_ROOT / "models" / "mnist_model.h5"
+    assert path.exists(), f"no trained model at {path}: run `make model` first"
+    return path
+
+
+@pytest.fixture(scope="session")
 def mnist():
     """The real MNIST test split from the team's offline copy."""
     from worker.mnist_data import load_idx_dir
 
     return load_idx_dir(MNIST_DIR)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 greyscale array as PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-

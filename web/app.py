@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_files_per_request + 16
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's default provider has it; the base type not
 
     # Neither of these connects now: the engine's pool and Celery's producer connect on first use.
     # Status reads of unfinished uploads go to MySQL: keep a connection for every request a process serves at

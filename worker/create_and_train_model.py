@@ -175,6 +175,42 @@ def _epoch_logger() -> Any:
     return EpochLogger()
 
 
+def _fit_seed(x_train: Any, y_train: Any, validation: tuple[Any, Any], epochs: int, batch_size: int) -> Any:
+    """The seed CNN, fitted as the seed fits it (Adam, in-memory arrays, no augmentation)."""
+    model = build_model()
+    model.fit(
+        x_train, y_train,
+        epochs=epochs, batch_size=batch_size,
+        validation_data=validation,
+        callbacks=[_epoch_logger()],
+        verbose=0,  # the EpochLogger reports progress through logging instead
+    )
+    return model
+
+
+def _fit_strong(x_train: Any, y_train: Any, validation: tuple[Any, Any], epochs: int, batch_size: int,
+                seed: int) -> Any:
+    """The strong CNN: a cosine learning-rate decay and augmented, shuffled batches from tf.data."""
+    import keras
+    import tensorflow as tf
+
+    steps = -(-len(x_train) // batch_size)
+    # Cosine decay from 2e-3 to ~0 over the run: most of the last few tenths of a point come from the tail.
+    schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps * epochs, alpha=0.01)
+    model = build_strong_model(schedule)
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train.astype("int32")))
+        .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(_augmenter(seed))  # batched map: one vectorised call per batch; sequential = reproducible
+        .prefetch(tf.data.AUTOTUNE)  # augment the next batch while the model trains on this one
+    )
+    validation_ds = tf.data.Dataset.from_tensor_slices(validation).batch(512)
+    model.fit(train_ds, epochs=epochs, validation_data=validation_ds, callbacks=[_epoch_logger()], verbose=0,
+              shuffle=False)  # train_ds shuffles itself; this only silences Keras' warning
+    return model
+
+
 def train(
     mnist: Mnist,
     *,
@@ -206,32 +242,11 @@ def train(
 
     log.info("training %s on %d images, %d epoch(s), batch size %d, seed %d",
              ARCHITECTURES[architecture], len(x_train), epochs, batch_size, seed)
+    started = time.perf_counter()
     if architecture == "seed":
-        model = build_model()
-        started = time.perf_counter()
-        model.fit(
-            x_train, y_train,
-            epochs=epochs, batch_size=batch_size,
-            validation_data=(x_test, y_test),
-            callbacks=[_epoch_logger()],
-            verbose=0,  # the EpochLogger reports progress through logging instead
-        )
+        model = _fit_seed(x_train, y_train, (x_test, y_test), epochs, batch_size)
     else:
-        steps = -(-len(x_train) // batch_size)
-        # Cosine decay from 2e-3 to ~0 over the run: most of the last few tenths of a point come from the tail.
-        schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps * epochs, alpha=0.01)
-        model = build_strong_model(schedule)
-        train_ds = (
-            tf.data.Dataset.from_tensor_slices((x_train, y_train.astype("int32")))
-            .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .map(_augmenter(seed))  # batched map: one vectorised call per batch; sequential = reproducible
-            .prefetch(tf.data.AUTOTUNE)  # augment the next batch while the model trains on this one
-        )
-        test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(512)
-        started = time.perf_counter()
-        model.fit(train_ds, epochs=epochs, validation_data=test_ds, callbacks=[_epoch_logger()], verbose=0,
-                  shuffle=False)  # train_ds shuffles itself; this only silences Keras' warning
+        model = _fit_strong(x_train, y_train, (x_test, y_test), epochs, batch_size, seed)
     train_seconds = time.perf_counter() - started
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     log.info("test accuracy: %.4f (loss %.4f), trained in %.1f s", test_accuracy, test_loss, train_seconds)

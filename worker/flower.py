@@ -53,7 +53,7 @@ def run_flower(settings: FlowerSettings, auth: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Check the credentials and the options, then run Flower in this process with them."""
     configure_logging()
-    settings = FlowerSettings()  # type: ignore[call-arg]  # REDIS_URL comes from the environment
+    settings = FlowerSettings()  # REDIS_URL comes from the environment
     options = sys.argv[1:] if argv is None else argv
     try:
         auth = check_basic_auth(settings.flower_basic_auth, settings.flower_local_mode)

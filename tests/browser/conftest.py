@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
-from tests.conftest import TestServices
+from tests.helpers import TestServices
 from tests.stack import LiveStack, running_stack
 
 # As the environment notes advise: no sandbox as root, and no background calls to a network that is closed.

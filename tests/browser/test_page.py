@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from shared.config import REPO_ROOT
 from tests.browser.conftest import open_page, real_problems
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.stack import LiveStack
 from tests.userstyle import user_style_set
 

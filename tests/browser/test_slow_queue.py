@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import open_page, real_problems
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.stack import LiveStack, web_only_stack
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from shared.config import REPO_ROOT, Settings
 from shared.schema import Prediction, utcnow
 from shared.statuses import status_key
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.stack import free_port, running_stack
 from tests.userstyle import user_style_set
 

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, func, select, text
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.schema import FINAL_STATES, Prediction
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.stack import LiveStack, PrivateMariaDB, PrivateRedis, running_stack
 
 pytestmark = pytest.mark.fault

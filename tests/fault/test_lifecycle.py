@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 
 from shared.config import REPO_ROOT
 from shared.schema import FINAL_STATES, Prediction
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.stack import LiveStack, MakeRun, running_stack
 from worker.recovery import message_task_ids
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from shared.config import Settings
 from shared.queue import announce_worker, withdraw_worker
 from shared.schema import Prediction, State
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from web import create_app
 from web.owner import owner_key
 

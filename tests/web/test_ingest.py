@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from shared.config import Settings
 from shared.schema import Prediction
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from web import create_app
 from web.owner import COOKIE, owner_key
 

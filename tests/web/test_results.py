@@ -17,7 +17,7 @@ from sqlalchemy import select
 from shared import predictions
 from shared.schema import Prediction, State, utcnow
 from shared.statuses import cache_final, status_key
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from web import create_app
 from web.metrics import UPLOADS
 from web.results import ResultWaiter

@@ -18,13 +18,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-from shared.config import REPO_ROOT
 from shared.imaging import ImageRejected, preprocess
 from tests.userstyle import KINDS, accuracy_by_kind, encode_png, resize_only, sample_indices, user_style_set
 
 log = logging.getLogger(__name__)
 
-MODEL_PATH = REPO_ROOT / "models" / "mnist_model.h5"
 TARGET = 0.98  # accuracy on user-style uploads (and on raw MNIST uploads)
 MAX_GAP = 0.01  # what preprocessing may lose against the model's accuracy on the same clean digits
 # No kind of upload may collapse. About 180 images each, so +-1.2 points of sampling noise; over
@@ -36,13 +34,11 @@ USER_STYLE_SEED = 2024
 
 
 @pytest.fixture(scope="module")
-def predictor():
+def predictor(trained_model):
     """The real model, loaded once for the module."""
-    if not MODEL_PATH.exists():
-        pytest.fail(f"no model at {MODEL_PATH}: run `make model` to train it first", pytrace=False)
     from worker.model import Predictor
 
-    return Predictor.load(MODEL_PATH)
+    return Predictor.load(trained_model)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import REPO_ROOT
 from worker.model import NUMPY_MAX_MACS, Predictor
 from worker.numpy_model import NumpyModel, Unsupported
 
-MODEL_PATH = REPO_ROOT / "models" / "mnist_model.h5"
 SHAPE = (28, 28, 1)
 
 
@@ -35,10 +33,10 @@ def _save(tmp_path: Path, *layers) -> Path:
     return path
 
 
-def test_the_seed_model_gives_kerass_probabilities(mnist):
+def test_the_seed_model_gives_kerass_probabilities(mnist, trained_model):
     batch = mnist.x_test[:500].astype(np.float32)[..., None] / 255
-    ours = NumpyModel.load(MODEL_PATH, SHAPE)(batch)
-    theirs = _keras(MODEL_PATH).predict(batch, verbose=0)
+    ours = NumpyModel.load(trained_model, SHAPE)(batch)
+    theirs = _keras(trained_model).predict(batch, verbose=0)
 
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert (ours.argmax(axis=1) == theirs.argmax(axis=1)).all()
@@ -70,20 +68,20 @@ def test_a_layer_it_cannot_run_is_refused_and_auto_falls_back_to_tensorflow(tmp_
     assert Predictor.load(path, engine="auto").engine == "tensorflow"
 
 
-def test_auto_runs_the_seed_model_on_numpy_and_a_large_model_on_tensorflow(tmp_path):
+def test_auto_runs_the_seed_model_on_numpy_and_a_large_model_on_tensorflow(tmp_path, trained_model):
     from keras import layers
 
-    seed = Predictor.load(MODEL_PATH, engine="auto")
+    seed = Predictor.load(trained_model, engine="auto")
     assert (seed.engine, seed.device) == ("numpy", "/CPU:0")
-    assert NumpyModel.load(MODEL_PATH, SHAPE).macs_per_image < NUMPY_MAX_MACS
+    assert NumpyModel.load(trained_model, SHAPE).macs_per_image < NUMPY_MAX_MACS
     large = _save(tmp_path, layers.Conv2D(64, 3), layers.Conv2D(64, 3), layers.Flatten(), layers.Dense(10))
     assert NumpyModel.load(large, SHAPE).macs_per_image > NUMPY_MAX_MACS
     assert Predictor.load(large, engine="auto").engine == "tensorflow"
 
 
-def test_both_engines_give_the_same_digits_through_the_predictor(mnist):
+def test_both_engines_give_the_same_digits_through_the_predictor(mnist, trained_model):
     batch = mnist.x_test[:128].astype(np.float32) / 255
-    numpy_engine, tensorflow = Predictor.load(MODEL_PATH, "numpy"), Predictor.load(MODEL_PATH, "tensorflow")
+    numpy_engine, tensorflow = Predictor.load(trained_model, "numpy"), Predictor.load(trained_model, "tensorflow")
 
     assert numpy_engine.version == tensorflow.version and numpy_engine.params == tensorflow.params
     np.testing.assert_allclose(numpy_engine.predict(batch), tensorflow.predict(batch), atol=1e-5)

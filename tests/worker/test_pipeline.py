@@ -12,23 +12,19 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from shared import imaging, predictions
-from shared.config import REPO_ROOT
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.schema import Prediction, State, utcnow
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from worker.leases import Leases
 from worker.model import load_predictor
 from worker.pipeline import Pipeline
 
-MODEL_PATH = REPO_ROOT / "models" / "mnist_model.h5"
-
 
 @pytest.fixture(scope="module")
-def predictor():
+def predictor(trained_model):
     """The trained seed model, loaded once for the module."""
-    assert MODEL_PATH.exists(), f"no trained model at {MODEL_PATH}: run `make model` first"
-    return load_predictor(MODEL_PATH)
+    return load_predictor(trained_model)
 
 
 def _add(sessions, data: bytes, task_id: str, **values) -> None:
@@ -105,12 +101,12 @@ def test_unknown_task_id_is_reported_not_raised(db_sessions, predictor):
     assert docs["00000000-0000-4000-8000-000000000999"]["state"] == "FAILURE"
 
 
-def test_the_workers_batched_call_matches_keras_predict(predictor, mnist):
+def test_the_workers_batched_call_matches_keras_predict(predictor, mnist, trained_model):
     import keras
 
     batch = mnist.x_test[:64].astype(np.float32) / 255
     fast = predictor.predict(batch)
-    slow = keras.models.load_model(MODEL_PATH, compile=False).predict(batch[..., None], verbose=0)
+    slow = keras.models.load_model(trained_model, compile=False).predict(batch[..., None], verbose=0)
     np.testing.assert_allclose(fast, slow, atol=1e-5)
 
 

@@ -1,0 +1,34 @@
+"""Helpers the tests share (fixtures stay in conftest.py): where the test services are, test images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import REPO_ROOT
+
+
+class TestServices(BaseSettings):
+    """Where the test services are: TEST_MYSQL_URL (a server URL with rights to create databases), TEST_REDIS_URL,
+    TEST_CHROMIUM, TEST_SCREENSHOT_DIR."""
+
+    __test__ = False  # not a test class, despite the name
+    model_config = SettingsConfigDict(env_prefix="TEST_")
+
+    mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306/"
+    redis_url: str = "redis://127.0.0.1:6379/15"
+    # The browser tests drive this Chromium (Debian's package) and keep their screenshots here.
+    chromium: Path = Path("/usr/bin/chromium")
+    screenshot_dir: Path = REPO_ROOT / "var" / "screenshots"
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 greyscale array as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
