@@ -29,7 +29,7 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /app
 
 # Requirements first: a code change never reinstalls TensorFlow.
-COPY requirements/base.txt requirements/worker.txt requirements/gpu.txt requirements/
+COPY requirements/base.txt requirements/model.txt requirements/worker.txt requirements/gpu.txt requirements/
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -r "${REQUIREMENTS}"
 
