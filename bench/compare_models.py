@@ -4,7 +4,7 @@
                                    [--user-style 2000] [--seed 2024]
 
 Every image goes the way an upload does: encoded (PNG for MNIST, tests/userstyle.py's renderings
-for the user-style set), through ``shared.imaging.preprocess``, then ``worker.model.Predictor``.
+for the user-style set), through ``shared.preprocessing.preprocess``, then ``worker.model.Predictor``.
 The preprocessing is done once and shared by all models, so they are scored on identical inputs.
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import REPO_ROOT, quiet_tensorflow_logs
-from shared.imaging import ImageRejected, preprocess
+from shared.imaging import ImageRejected
+from shared.preprocessing import preprocess
 from tests.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
 from worker.mnist_data import load_idx_dir
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((path, predictor.version, meta, mnist_acc, user_scores, infer_ms))
 
     print(f"MNIST test: {len(mnist_images)} digits as PNG uploads; user-style: {args.user_style} uploads, "
-          f"seed {args.seed}; all through shared.imaging.preprocess ({prep_s:.0f} s, shared by all models).\n")
+          f"seed {args.seed}; all through shared.preprocessing.preprocess ({prep_s:.0f} s, shared by all models).\n")
     print("| model | version | architecture | params | trained (s) | MNIST test | user-style | ms/image (batched) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for path, version, meta, mnist_acc, scores, infer_ms in rows:

@@ -18,8 +18,9 @@ from werkzeug.datastructures import FileStorage
 from shared import predictions
 from shared.config import Settings
 from shared.imaging import ImageLimits, ImageRejected, inspect_image
-from shared.queue import live_workers, queue_length
+from shared.queue import queue_length
 from shared.schema import FINAL_STATES, Prediction
+from shared.workers import live_workers
 from web import db
 from web.errors import ApiError
 from web.ingest import QueueUnavailable

@@ -8,8 +8,8 @@ from typing import Any
 
 from redis import Redis
 
-from shared.queue import announce_worker, withdraw_worker
 from shared.schema import iso, utcnow
+from shared.workers import announce_worker, withdraw_worker
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import Engine
 
-from shared import imaging
+from shared import preprocessing
 from shared.config import Settings, get_settings
 from shared.db import make_engine
 from shared.statuses import cache_final
@@ -86,7 +86,7 @@ def _build(settings: Settings) -> WorkerRuntime:
         # After the rows (the truth) are committed: a death in between leaves only a cold cache.
         cache_final(redis, docs, settings.result_ttl_seconds)
 
-    pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=imaging.preprocess,
+    pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=preprocessing.preprocess,
                         leases=Leases(engine, settings.sweep_after_seconds), max_attempts=settings.max_attempts,
                         publish=publish)
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,

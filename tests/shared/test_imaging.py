@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile
 
-from shared import imaging
+from shared import imaging, preprocessing
 from shared.config import REPO_ROOT
-from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image, load_grayscale, preprocess
+from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image, load_grayscale
+from shared.preprocessing import preprocess
 
 # --- building blocks --------------------------------------------------------------------------
 
@@ -355,11 +356,11 @@ def test_mnist_digits_pass_through_essentially_unchanged(mnist):
 
 def test_preprocess_gray_takes_arrays():
     gray = np.asarray(seven(), np.uint8)
-    out8 = imaging.preprocess_gray(gray)
-    out_float = imaging.preprocess_gray(gray.astype(np.float32) / 255)
+    out8 = preprocessing.preprocess_gray(gray)
+    out_float = preprocessing.preprocess_gray(gray.astype(np.float32) / 255)
     np.testing.assert_allclose(out8, out_float, atol=1e-5)
     with pytest.raises(ValueError):
-        imaging.preprocess_gray(np.zeros((28, 28, 3), np.float32))
+        preprocessing.preprocess_gray(np.zeros((28, 28, 3), np.float32))
 
 
 def test_web_validation_path_does_not_import_scipy_or_tensorflow():
@@ -378,14 +379,14 @@ def test_web_validation_path_does_not_import_scipy_or_tensorflow():
 
 
 def test_an_mnist_form_digit_is_used_as_it_is(mnist):
-    digit = next(d for d in mnist.x_test if imaging.is_mnist_form(d / 255.0))
+    digit = next(d for d in mnist.x_test if preprocessing.is_mnist_form(d / 255.0))
     out = preprocess(encode(Image.fromarray(digit), "PNG"))
     np.testing.assert_allclose(out, digit / 255.0, atol=1e-6)
 
 
 def test_a_28px_drawing_of_dark_ink_on_paper_still_goes_through_the_recipe(mnist):
     paper_digit = 255 - mnist.x_test[0]  # the same digit as a person would draw it: dark on white
-    assert not imaging.is_mnist_form(paper_digit / 255.0)
+    assert not preprocessing.is_mnist_form(paper_digit / 255.0)
     out = preprocess(encode(Image.fromarray(paper_digit), "PNG"))
     assert_mnist_like(out)
     assert corr(out, mnist.x_test[0] / 255.0) > 0.8

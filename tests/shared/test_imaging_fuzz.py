@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.imaging import ImageRejected, inspect_image, preprocess, preprocess_gray
+from shared.imaging import ImageRejected, inspect_image
+from shared.preprocessing import preprocess, preprocess_gray
 from tests.shared.test_imaging import encode, seven
 
 SEEDS = [encode(seven(), "PNG"), encode(seven().convert("RGB"), "JPEG"), encode(seven().convert("P"), "GIF"),

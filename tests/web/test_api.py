@@ -13,8 +13,8 @@ import redis
 from sqlalchemy import select
 
 from shared.config import Settings
-from shared.queue import announce_worker, withdraw_worker
 from shared.schema import Prediction, State
+from shared.workers import announce_worker, withdraw_worker
 from tests.helpers import png_bytes
 from web import create_app
 from web.owner import owner_key

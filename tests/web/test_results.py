@@ -15,8 +15,8 @@ import redis
 from sqlalchemy import select
 
 from shared import predictions
-from shared.schema import Prediction, State, utcnow
-from shared.statuses import cache_final, status_key
+from shared.schema import Prediction, State, status_document, utcnow
+from shared.statuses import FINISHED_CHANNEL, cache_final, status_key
 from tests.helpers import png_bytes
 from web import create_app
 from web.metrics import UPLOADS
@@ -75,6 +75,23 @@ def test_long_poll_returns_the_final_result(client, settings, db_sessions):
     poller.join(30)
 
     assert answer == {"status": 200, "doc": doc}
+
+
+def test_long_poll_is_answered_by_the_published_document_itself(client, settings, db_sessions):
+    task_id = _add_pending(db_sessions)
+    poller, answer = _poll_in_thread(client, f"/tasks/{task_id}?wait=20")
+    doc = status_document({"task_id": task_id, "state": "SUCCESS", "digit": 7, "confidence": 0.99})
+    publisher = redis.Redis.from_url(settings.redis_url)
+    # Only published (not stored, not cached): the row stays PENDING, so no re-read could answer SUCCESS; if
+    # the wake-up never fired, the poll would answer PENDING after its 20 s. Bounded, as the listener
+    # subscribes asynchronously.
+    for _ in range(100):
+        publisher.publish(FINISHED_CHANNEL, json.dumps(doc))
+        poller.join(0.1)
+        if not poller.is_alive():
+            break
+
+    assert answer == {"status": 200, "body": doc}
 
 
 def test_long_poll_on_an_unknown_task_is_404_at_once(client):

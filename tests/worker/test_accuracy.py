@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-from shared.imaging import ImageRejected, preprocess
+from shared.imaging import ImageRejected
+from shared.preprocessing import preprocess
 from tests.userstyle import KINDS, accuracy_by_kind, encode_png, resize_only, sample_indices, user_style_set
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from shared import imaging, predictions
+from shared import predictions, preprocessing
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.schema import Prediction, State, utcnow
@@ -33,7 +33,7 @@ def _add(sessions, data: bytes, task_id: str, **values) -> None:
                          image_sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
 
 
-def _pipeline(sessions, predictor, preprocess=imaging.preprocess, published: list | None = None) -> Pipeline:
+def _pipeline(sessions, predictor, preprocess=preprocessing.preprocess, published: list | None = None) -> Pipeline:
     engine = sessions.kw["bind"]
     return Pipeline(engine=engine, model=predictor, worker_name="test-worker", preprocess=preprocess,
                     leases=Leases(engine, 60), max_attempts=3,
@@ -137,7 +137,7 @@ def test_a_batch_racing_another_delivery_reports_the_stored_answer(db_sessions, 
         with db_sessions() as s, s.begin():
             s.execute(update(Prediction).where(Prediction.task_id == ids[0], Prediction.state == "STARTED")
                       .values(state="SUCCESS", digit=5, confidence=1.0, claim_token="another-claim"))
-        return imaging.preprocess(data)
+        return preprocessing.preprocess(data)
 
     docs = _pipeline(db_sessions, predictor, preprocess_then_race).run(ids)
 
@@ -209,7 +209,7 @@ def test_uploads_that_killed_a_worker_before_are_tried_alone_after_the_fresh_one
         with db_sessions() as s:
             seen.append(dict(s.execute(select(Prediction.task_id, Prediction.state)
                                        .where(Prediction.task_id.in_(fresh + retried))).all()))
-        return imaging.preprocess(data)
+        return preprocessing.preprocess(data)
 
     docs = _pipeline(db_sessions, predictor, preprocess_and_look).run(fresh + retried)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from shared.queue import announce_worker, live_workers
+from shared.workers import announce_worker, live_workers
 from worker.presence import TTL_SECONDS, Presence
 
 

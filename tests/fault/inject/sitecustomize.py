@@ -36,9 +36,9 @@ def _trace(cfg: FaultSettings, event: str) -> None:
 
 
 def _install(cfg: FaultSettings) -> None:
-    from shared import imaging, predictions, statuses
+    from shared import predictions, preprocessing, statuses
 
-    preprocess, finish, cache_final = imaging.preprocess, predictions.finish, statuses.cache_final
+    preprocess, finish, cache_final = preprocessing.preprocess, predictions.finish, statuses.cache_final
 
     def faulty_preprocess(data: bytes):  # type: ignore[no-untyped-def]
         if cfg.kill_marker and cfg.kill_marker.encode() in data:
@@ -58,7 +58,8 @@ def _install(cfg: FaultSettings) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return cache_final(client, docs, ttl_seconds)
 
-    imaging.preprocess, predictions.finish, statuses.cache_final = faulty_preprocess, traced_finish, dying_cache_final
+    preprocessing.preprocess = faulty_preprocess
+    predictions.finish, statuses.cache_final = traced_finish, dying_cache_final
 
 
 _settings = FaultSettings()
