@@ -20,6 +20,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from web import db
+
 bp = Blueprint("metrics", __name__)
 
 REQUESTS = Counter("digits_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
@@ -37,9 +39,7 @@ def count_uploads(outcome: str, n: int = 1) -> None:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus exposition of this web tier (all gunicorn workers in multiprocess mode)."""
-    from web.db import settings
-
-    multiproc = settings().prometheus_multiproc_dir
+    multiproc = db.settings().prometheus_multiproc_dir
     if multiproc is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(multiproc))
