@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import threading
 
 import numpy as np
 from flask import Flask, jsonify, request
@@ -31,6 +32,9 @@ def create_seed_app(model_path: str, database_url: str) -> Flask:
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
+    # The development server runs requests in threads, and Keras' model.predict is not safe to call from several
+    # at once (it once aborted TensorFlow here: "Mutex corrupt"): one model call at a time keeps the baseline alive.
+    predicting = threading.Lock()
     engine = create_engine(database_url)
     metadata.create_all(engine)
     app = Flask(__name__)
@@ -40,7 +44,8 @@ def create_seed_app(model_path: str, database_url: str) -> Flask:
         upload = request.files["file"]
         image = Image.open(io.BytesIO(upload.read())).convert("L").resize((28, 28))
         x = (np.asarray(image, dtype=np.float32) / 255.0).reshape(1, 28, 28, 1)
-        digit = int(np.argmax(model.predict(x, verbose=0)))
+        with predicting:
+            digit = int(np.argmax(model.predict(x, verbose=0)))
         with engine.begin() as conn:
             conn.execute(insert(seed_predictions).values(filename=upload.filename, digit=digit))
         return jsonify({"digit": digit})
