@@ -10,7 +10,7 @@ TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help run test check lint model migrate bench clean
+.PHONY: help run test check lint lock model migrate bench clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -21,13 +21,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Stamps: reinstall only when a requirements file changed.
-$(VENV)/.installed-local: $(PY) $(wildcard requirements/*.txt)
-	$(PY) -m pip install -r requirements/local.txt
+# What gets installed: the hash-pinned locks compiled from requirements/*.txt (`make lock`), never the loose files.
+LOCKS := requirements/locks
+
+# Stamps: reinstall only when a lock changed.
+$(VENV)/.installed-local: $(PY) $(LOCKS)/local.txt
+	$(PY) -m pip install --require-hashes -r $(LOCKS)/local.txt
 	@touch $@
 
-$(VENV)/.installed-dev: $(PY) $(wildcard requirements/*.txt)
-	$(PY) -m pip install -r requirements/dev.txt
+$(VENV)/.installed-dev: $(PY) $(LOCKS)/dev.txt
+	$(PY) -m pip install --require-hashes -r $(LOCKS)/dev.txt
 	@# kubectl (for kustomize) unless one with kustomize v5 is on PATH: see scripts/validate-k8s.sh
 	bash scripts/validate-k8s.sh install-kubectl
 	@# Debian's Chromium for tests/browser, unless there is one
@@ -45,6 +48,17 @@ run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a wo
 
 test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and Redis, see README)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One lock per installable set: make run/test (local, dev), the images (web = web + flower, worker, gpu).
+UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
+
+lock: $(VENV)/.installed-dev  ## re-compile requirements/locks/*.txt (hashes) after editing requirements/*.txt
+	$(UV_COMPILE) requirements/dev.txt -o $(LOCKS)/dev.txt
+	$(UV_COMPILE) requirements/local.txt -o $(LOCKS)/local.txt
+	$(UV_COMPILE) requirements/web.txt requirements/flower.txt -o $(LOCKS)/web.txt
+	$(UV_COMPILE) requirements/worker.txt -o $(LOCKS)/worker.txt
+	$(UV_COMPILE) requirements/gpu.txt -o $(LOCKS)/gpu.txt
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -26,9 +26,10 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /app
 
 # Requirements first: a code change reuses this layer.
-COPY requirements/base.txt requirements/web.txt requirements/flower.txt requirements/
+# requirements/locks/web.txt: web.txt and flower.txt compiled with every dependency pinned by hash (make lock).
+COPY requirements/locks/web.txt requirements/locks/
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir -r requirements/web.txt -r requirements/flower.txt \
+    && pip install --no-cache-dir --require-hashes -r requirements/locks/web.txt \
     && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is not None)"
 
 # The code stays owned by root: the app user can read it, not change it. worker/ is here for Flower's

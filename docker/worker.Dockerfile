@@ -1,7 +1,7 @@
 # digits-worker: the Celery worker holding the Keras CNN, and the training script.
 #
 #   docker build -f docker/worker.Dockerfile -t digits-worker .
-#   docker build -f docker/worker.Dockerfile --build-arg REQUIREMENTS=requirements/gpu.txt -t digits-worker:gpu .
+#   docker build -f docker/worker.Dockerfile --build-arg REQUIREMENTS=requirements/locks/gpu.txt -t digits-worker:gpu .
 #   docker build -f docker/worker.Dockerfile --build-arg BASE_IMAGE=local/python:3.11-bookworm -t digits-worker .
 #
 # Commands (same image):  default CMD = the Celery worker
@@ -11,8 +11,9 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-# requirements/worker.txt (tensorflow-cpu) or requirements/gpu.txt (tensorflow[and-cuda]; CUDA comes from wheels).
-ARG REQUIREMENTS=requirements/worker.txt
+# requirements/locks/worker.txt (tensorflow-cpu) or requirements/locks/gpu.txt (tensorflow[and-cuda]; CUDA comes
+# from wheels): requirements/worker.txt or gpu.txt compiled with every dependency pinned by hash (make lock).
+ARG REQUIREMENTS=requirements/locks/worker.txt
 
 # A venv works the same on both bases (Debian's own python3 is "externally managed", PEP 668).
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -29,9 +30,9 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /app
 
 # Requirements first: a code change never reinstalls TensorFlow.
-COPY requirements/base.txt requirements/model.txt requirements/worker.txt requirements/gpu.txt requirements/
+COPY requirements/locks/worker.txt requirements/locks/gpu.txt requirements/locks/
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir -r "${REQUIREMENTS}"
+    && pip install --no-cache-dir --require-hashes -r "${REQUIREMENTS}"
 
 # Owned by the app user, so that a fresh named volume mounted here is writable by the trainer.
 RUN install -d -o app -g app /app/models

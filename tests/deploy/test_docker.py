@@ -155,9 +155,9 @@ def test_dockerfile_contract(dockerfile: Path) -> None:
 
 def test_web_image_installs_no_tensorflow() -> None:
     copied = copied_requirements(WEB_DOCKERFILE)
-    assert {p.name for p in copied} >= {"web.txt", "flower.txt"}
+    assert [p.relative_to(REPO_ROOT).as_posix() for p in copied] == ["requirements/locks/web.txt"]
     text = WEB_DOCKERFILE.read_text()
-    assert "-r requirements/web.txt -r requirements/flower.txt" in text
+    assert "--require-hashes -r requirements/locks/web.txt" in text
     for req in [r for p in copied for r in requirement_closure(p)]:
         for line in req.read_text().splitlines():
             assert not re.match(r"\s*(tensorflow|keras)\b", line, re.I), f"{req.name} pulls in {line!r}"
@@ -176,9 +176,10 @@ def test_web_image_serves_port_80_and_flower_and_migrations() -> None:
 
 def test_worker_image_requirements_are_a_build_arg() -> None:
     steps = instructions(WORKER_DOCKERFILE)
-    assert ("ARG", "REQUIREMENTS=requirements/worker.txt") in steps
-    assert any(word == "RUN" and '-r "${REQUIREMENTS}"' in args for word, args in steps)
-    assert {p.name for p in copied_requirements(WORKER_DOCKERFILE)} >= {"base.txt", "worker.txt", "gpu.txt"}
+    assert ("ARG", "REQUIREMENTS=requirements/locks/worker.txt") in steps
+    assert any(word == "RUN" and '--require-hashes -r "${REQUIREMENTS}"' in args for word, args in steps)
+    assert {p.relative_to(REPO_ROOT).as_posix() for p in copied_requirements(WORKER_DOCKERFILE)} == {
+        "requirements/locks/worker.txt", "requirements/locks/gpu.txt"}
     assert '"celery", "-A", "worker.celery_app", "worker"' in steps[-1][1]
 
 
@@ -198,7 +199,7 @@ def test_services(services: dict[str, Any]) -> None:
     # One service builds each image; the others run it by name (built once per `up --build`).
     assert services["web"]["build"]["dockerfile"] == "docker/web.Dockerfile"
     assert services["worker"]["build"]["dockerfile"] == "docker/worker.Dockerfile"
-    assert services["worker"]["build"]["args"]["REQUIREMENTS"] == "requirements/worker.txt"
+    assert services["worker"]["build"]["args"]["REQUIREMENTS"] == "requirements/locks/worker.txt"
     for name in ("web", "migrate", "flower"):
         assert services[name]["image"] == "digits-web:latest"
     for name in ("worker", "trainer"):
@@ -296,7 +297,7 @@ def test_gpu_profile(services: dict[str, Any]) -> None:
     gpu = services["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["image"] == "digits-worker:gpu"
-    assert gpu["build"]["args"]["REQUIREMENTS"] == "requirements/gpu.txt"
+    assert gpu["build"]["args"]["REQUIREMENTS"] == "requirements/locks/gpu.txt"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
