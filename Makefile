@@ -25,12 +25,16 @@ $(PY):
 LOCKS := requirements/locks
 
 # Stamps: reinstall only when a lock changed.
-$(VENV)/.installed-local: $(PY) $(LOCKS)/local.txt
+# Then the project itself, editable (no dependencies: the lock has them all; no build isolation: the venv's
+# own setuptools builds it, nothing is fetched).
+$(VENV)/.installed-local: $(PY) $(LOCKS)/local.txt pyproject.toml
 	$(PY) -m pip install --require-hashes -r $(LOCKS)/local.txt
+	$(PY) -m pip install --no-deps --no-build-isolation --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-dev: $(PY) $(LOCKS)/dev.txt
+$(VENV)/.installed-dev: $(PY) $(LOCKS)/dev.txt pyproject.toml
 	$(PY) -m pip install --require-hashes -r $(LOCKS)/dev.txt
+	$(PY) -m pip install --no-deps --no-build-isolation --quiet -e .
 	@# kubectl (for kustomize) unless one with kustomize v5 is on PATH: see scripts/validate-k8s.sh
 	bash scripts/validate-k8s.sh install-kubectl
 	@# Debian's Chromium for tests/browser, unless there is one

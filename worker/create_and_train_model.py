@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,11 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file (python worker/create_and_train_model.py)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shared.config import quiet_tensorflow_logs  # noqa: E402
-from worker.mnist_data import Mnist, MnistDataError, load_mnist  # noqa: E402
+from shared.config import quiet_tensorflow_logs
+from worker.mnist_data import Mnist, MnistDataError, load_mnist
 
 log = logging.getLogger("worker.train")
 
