@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 from sqlalchemy.engine import make_url
 
 from bench.load import Sample, run, summary
@@ -37,6 +36,7 @@ from bench.stack import (
     cpu_seconds,
     reset_services,
     service_pid,
+    stack_processes,
     start_stack,
     stop_stack,
     wait_for_workers,
@@ -80,12 +80,11 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 def peaks(stack: RunningStack) -> dict[str, float]:
     """Peak RSS (MB) of the Celery worker and of the largest web worker process, and the worker's start time."""
     out: dict[str, float] = {}
-    for proc in psutil.Process(stack.launcher.pid).children(recursive=True):
-        line, parent = " ".join(proc.cmdline()), " ".join(proc.parent().cmdline())
-        if "celery" in line and "celery" not in parent:  # the worker itself (the threads pool: model inside)
+    for role, proc in stack_processes(stack.launcher.pid):
+        if role == "worker":  # the Celery worker itself (the threads pool: the model is inside)
             out["worker_rss_mb"] = rss_mb(proc.pid, "VmHWM")
             out["worker_started"] = proc.create_time()
-        elif "gunicorn" in line and "gunicorn" in parent:  # a web worker, not the master
+        elif role == "web worker":
             out["web_rss_mb"] = max(out.get("web_rss_mb", 0.0), rss_mb(proc.pid, "VmHWM"))
     return out
 

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 
 from bench.load import Sample, Tally, run, summary
 from bench.samples import load_photo_samples
-from bench.stack import RunningStack, log_tail, role_of, start_stack, stop_stack, wait_for_workers
+from bench.stack import RunningStack, log_tail, stack_processes, start_stack, stop_stack, wait_for_workers
 from shared.config import BenchSettings
 from shared.logs import configure_logging
 
@@ -87,19 +87,9 @@ def format_table(times: Sequence[float], series: Mapping[str, Sequence[float | N
 def stack_rss_mb(launcher_pid: int) -> dict[str, float]:
     """RSS (MB) of the launcher and every process below it, labelled by role; several of a role are numbered."""
     found: list[tuple[str, int, float]] = []
-    try:
-        root = psutil.Process(launcher_pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return {}
-    for proc in procs:
-        try:
-            with proc.oneshot():
-                parent = proc.parent()
-                parent_cmd = parent.cmdline() if parent else []
-                found.append((role_of(proc.cmdline(), parent_cmd), proc.pid, proc.memory_info().rss / MB))
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue  # it ended between listing and reading (a recycled web worker, say)
+    for role, proc in stack_processes(launcher_pid):
+        with contextlib.suppress(psutil.Error):  # it ended since it was listed
+            found.append((role, proc.pid, proc.memory_info().rss / MB))
     out: dict[str, float] = {}
     for role in dict.fromkeys(r for r, _, _ in found):
         mine = sorted((pid, rss) for r, pid, rss in found if r == role)

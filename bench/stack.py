@@ -150,20 +150,29 @@ def service_pid(program: str, port: int) -> int | None:
     return None
 
 
+def stack_processes(launcher_pid: int) -> list[tuple[str, psutil.Process]]:
+    """The launcher and every process below it, each with its role (role_of); ones that just ended are left out."""
+    try:
+        root = psutil.Process(launcher_pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):  # it ended between listing and reading (a recycled web worker)
+            parent = proc.parent()
+            found.append((role_of(proc.cmdline(), parent.cmdline() if parent else []), proc))
+    return found
+
+
 def cpu_seconds(stack: RunningStack, services: Mapping[str, int | None]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each role of the stack, by the services and by this process."""
     used: dict[str, float] = {}
-    try:
-        root = psutil.Process(stack.launcher.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for proc in procs:
+    for role, proc in stack_processes(stack.launcher.pid):
         with contextlib.suppress(psutil.Error):
-            parent = proc.parent()
-            role = role_of(proc.cmdline(), parent.cmdline() if parent else []).split(" ")[0]
             times = proc.cpu_times()
-            used[role] = used.get(role, 0.0) + times.user + times.system
+            kind = role.split(" ")[0]  # web master and web workers are "web", the worker and its children "worker"
+            used[kind] = used.get(kind, 0.0) + times.user + times.system
     for name, pid in services.items():
         if pid is not None:
             with contextlib.suppress(psutil.Error):

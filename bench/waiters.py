@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, insert
 
 from bench.load import Connection, multipart
 from bench.samples import load_samples
-from bench.stack import RunningStack, start_stack, stop_stack, wait_for_workers
+from bench.stack import RunningStack, stack_processes, start_stack, stop_stack, wait_for_workers
 from shared.config import BenchSettings
 from shared.logs import configure_logging
 from shared.schema import Prediction, State, utcnow
@@ -46,8 +46,8 @@ def _pending_elsewhere(database_url: str) -> str:
 
 def _web_process(stack: RunningStack) -> psutil.Process:
     """The one gunicorn worker process (not its master)."""
-    for proc in psutil.Process(stack.launcher.pid).children(recursive=True):
-        if "gunicorn" in " ".join(proc.cmdline()) and "gunicorn" in " ".join(proc.parent().cmdline()):
+    for role, proc in stack_processes(stack.launcher.pid):
+        if role == "web worker":
             return proc
     raise RuntimeError("no gunicorn worker process")
 

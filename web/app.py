@@ -35,9 +35,9 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's default provider has it; the base type not
 
     # Neither of these connects now: the engine's pool and Celery's producer connect on first use.
-    # Status reads of unfinished uploads go to MySQL: keep a connection for every request a process serves at
-    # once (gunicorn's threads: 8 in the image, 32 in the benchmark), since each new one costs a TLS
-    # handshake attempt (PyMySQL's default) and an overflow connection is closed when it is given back.
+    # Status reads of unfinished uploads and the ingest runner's INSERTs go to MySQL: keep enough connections
+    # for a gevent process's concurrent reads, since each new one costs a TLS handshake attempt (PyMySQL's
+    # default) and an overflow connection is closed when it is given back; more wait for one in the pool.
     engine = make_engine(settings.database_url, pool_size=16, max_overflow=16)
     producer = celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web")
     app.extensions[EXTENSION] = Deps(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.soak import clock, format_table, plateaued, role_of, row_order, verdict
+from bench.soak import clock, format_table, plateaued, row_order, verdict
+from bench.stack import role_of
 
 
 def test_a_steadily_growing_series_has_not_plateaued():
