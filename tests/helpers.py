@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +34,13 @@ def png_bytes(array: np.ndarray) -> bytes:
     Image.fromarray(array.astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    """Whether the condition came true within the timeout (polled: it waits on another thread's progress)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

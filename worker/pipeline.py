@@ -2,7 +2,8 @@
 
 Every state change goes through shared/predictions.py. Uploads that a worker already started once and
 that never finished (their worker died or stalled) are tried one at a time, after the fresh ones are
-stored: an image that kills the process then takes nothing else down with it.
+stored, with nothing else in flight in the process (worker/isolation.py): an image that kills the
+process then takes nothing else down with it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +24,7 @@ from shared import predictions
 from shared.imaging import ImageRejected
 from shared.predictions import Claim, Found
 from shared.schema import State, status_document
+from worker.isolation import Isolation
 from worker.leases import Leases
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Pipeline:
     leases: Leases
     max_attempts: int
     publish: Callable[[Iterable[dict[str, Any]]], None]  # cache and announce final documents
+    isolation: Isolation = field(default_factory=Isolation)  # one per process: every runner shares it
 
     def run(self, task_ids: Sequence[str]) -> Docs:
         """Predict every task id's upload that is ours to do; each id's status document, in order."""
@@ -98,6 +101,10 @@ class Pipeline:
 
     def _attempt(self, task_ids: list[str], deliveries: int) -> Docs:
         """Claim, predict and finish these uploads; what was finished (nothing if others claimed them first)."""
+        with self.isolation.shared() if deliveries == 0 else self.isolation.alone():
+            return self._claim_and_finish(task_ids, deliveries)
+
+    def _claim_and_finish(self, task_ids: list[str], deliveries: int) -> Docs:
         with self.engine.begin() as conn:
             claim = predictions.claim(conn, task_ids, deliveries, self.worker_name, self.leases.seconds)
         if not claim.images:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import numpy as np
@@ -15,7 +17,7 @@ from shared import predictions, preprocessing
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from shared.schema import Prediction, State, utcnow
-from tests.helpers import png_bytes
+from tests.helpers import eventually, png_bytes
 from worker.leases import Leases
 from worker.model import load_predictor
 from worker.pipeline import Pipeline
@@ -217,6 +219,36 @@ def test_uploads_that_killed_a_worker_before_are_tried_alone_after_the_fresh_one
     # The first two calls are the fresh batch; each retried upload is claimed alone, after them.
     assert [states[fresh[0]] for states in seen] == ["STARTED", "STARTED", "SUCCESS", "SUCCESS"]
     assert [states[retried[1]] for states in seen[2:]] == ["PENDING", "STARTED"]
+
+
+def test_a_retry_waits_until_no_other_group_is_in_flight_in_the_process(db_sessions, predictor, mnist):
+    # Two batch runners share a process: a retried upload that kills it again must not take a fresh group along.
+    fresh, retried = "00000000-0000-4000-8000-000000000701", "00000000-0000-4000-8000-000000000702"
+    images = {fresh: png_bytes(mnist.x_test[0]), retried: png_bytes(mnist.x_test[1])}
+    for task_id, data in images.items():
+        _add(db_sessions, data, task_id, deliveries=1 if task_id == retried else 0)
+    names = {data: task_id for task_id, data in images.items()}
+    started: list[str] = []
+    release = threading.Event()
+
+    def preprocess_slowly(data: bytes):
+        started.append(names[data])
+        if names[data] == fresh:
+            release.wait(10)
+        return preprocessing.preprocess(data)
+
+    pipeline = _pipeline(db_sessions, predictor, preprocess_slowly)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(pipeline.run, [fresh])
+        assert eventually(lambda: started == [fresh])
+        second = pool.submit(pipeline.run, [retried])
+        assert eventually(lambda: pipeline.isolation.waiting_alone == 1)
+        assert started == [fresh]  # the retry has not begun while the fresh group is in flight
+        release.set()
+        docs = first.result(10) | second.result(10)
+
+    assert started == [fresh, retried]
+    assert [docs[t]["state"] for t in (fresh, retried)] == ["SUCCESS", "SUCCESS"]
 
 
 def test_a_held_claim_is_renewed_but_not_forever(db_sessions, monkeypatch):
