@@ -24,7 +24,7 @@ from shared.config import REPO_ROOT, quiet_tensorflow_logs
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
 from tests.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
-from worker.mnist_data import load_idx_dir
+from training.mnist_data import load_idx_dir
 
 log = logging.getLogger("bench.compare_models")
 

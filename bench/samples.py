@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from bench.load import Sample
-from worker.mnist_data import load_idx_dir
+from training.mnist_data import load_idx_dir
 
 
 def load_samples(mnist_dir: Path, count: int) -> list[Sample]:

@@ -40,6 +40,8 @@ RUN install -d -o app -g app /app/models
 # The code stays owned by root: the app user can read it, not change it.
 COPY shared/ shared/
 COPY worker/ worker/
+# The trainer (compose's trainer service, the Kubernetes Job) runs from this image too.
+COPY training/ training/
 
 USER 10001:10001
 # Pool and concurrency come from the settings (WORKER_POOL, WORKER_CONCURRENCY); scale with replicas.

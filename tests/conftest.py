@@ -114,6 +114,6 @@ def trained_model() -> Path:
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST test split from the team's offline copy."""
-    from worker.mnist_data import load_idx_dir
+    from training.mnist_data import load_idx_dir
 
     return load_idx_dir(MNIST_DIR)

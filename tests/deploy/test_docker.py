@@ -181,6 +181,9 @@ def test_worker_image_requirements_are_a_build_arg() -> None:
     assert {p.relative_to(REPO_ROOT).as_posix() for p in copied_requirements(WORKER_DOCKERFILE)} == {
         "requirements/locks/worker.txt", "requirements/locks/gpu.txt"}
     assert '"celery", "-A", "worker.celery_app", "worker"' in steps[-1][1]
+    copied = " ".join(args for word, args in steps if word == "COPY")
+    for needed in ("shared/", "worker/", "training/"):  # training/: the trainer job runs from this image
+        assert needed in copied
 
 
 def test_dockerignore_keeps_secrets_and_bulk_out() -> None:

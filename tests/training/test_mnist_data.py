@@ -1,4 +1,4 @@
-"""Tests for worker.mnist_data against the team's offline MNIST copy (no network)."""
+"""Tests for training.mnist_data against the team's offline MNIST copy (no network)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker import mnist_data
-from worker.mnist_data import (
+from training import mnist_data
+from training.mnist_data import (
     EXPECTED_SHA256,
     Mnist,
     MnistDataError,

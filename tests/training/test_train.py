@@ -1,4 +1,4 @@
-"""End-to-end tests of the training script on a small slice of the offline MNIST copy."""
+"""End-to-end tests of the training command on a small slice of the offline MNIST copy."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from worker.create_and_train_model import main
-from worker.mnist_data import EXPECTED_SHA256
+from training.cli import main
+from training.fit import VALIDATION_SEED
+from training.mnist_data import EXPECTED_SHA256
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # CI checks the repo out with the shared team material beside it: <dir>/<repo> and <dir>/shared.
 OFFLINE_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 METADATA_FIELDS = {
-    "model_version", "architecture", "test_accuracy", "test_loss", "epochs", "train_samples", "seed",
+    "model_version", "architecture", "test_accuracy", "test_loss", "test_samples", "validation_accuracy",
+    "validation_loss", "validation_samples", "validation_seed", "epochs", "train_samples", "seed",
     "train_seconds", "data_source", "data_sha256", "trained_at", "tensorflow_version", "keras_version",
     "python_version",
 }
@@ -57,7 +59,11 @@ def test_metadata_describes_the_saved_file(trained: Path) -> None:
     assert metadata["model_version"] == hashlib.sha256(trained.read_bytes()).hexdigest()[:16]
     assert metadata["architecture"] == "seed-cnn"
     assert 0.80 <= metadata["test_accuracy"] <= 1.0
-    assert metadata["epochs"] == 1 and metadata["train_samples"] == 3000 and metadata["seed"] == 1
+    assert metadata["epochs"] == 1 and metadata["seed"] == 1
+    # A twelfth of the 3,000 images is held out for validation; the test split is all of MNIST's 10,000.
+    assert (metadata["train_samples"], metadata["validation_samples"], metadata["test_samples"]) == (2750, 250, 10000)
+    assert metadata["validation_seed"] == VALIDATION_SEED
+    assert 0.80 <= metadata["validation_accuracy"] <= 1.0
     assert metadata["data_sha256"] == EXPECTED_SHA256
     assert datetime.fromisoformat(metadata["trained_at"]).utcoffset().total_seconds() == 0
     # Atomic writes leave no temporary files behind.
@@ -137,13 +143,14 @@ def test_strong_metadata(trained_strong: Path) -> None:
     assert set(metadata) >= METADATA_FIELDS
     assert metadata["architecture"] == "strong-cnn"
     assert metadata["model_version"] == hashlib.sha256(trained_strong.read_bytes()).hexdigest()[:16]
-    assert metadata["epochs"] == 1 and metadata["train_samples"] == 2000 and metadata["batch_size"] == 32
+    assert metadata["epochs"] == 1 and metadata["batch_size"] == 32
+    assert (metadata["train_samples"], metadata["validation_samples"]) == (1833, 167)
     assert 0.5 <= metadata["test_accuracy"] <= 1.0
     assert "rotation" in metadata["augmentation"] and metadata["parameters"] > 0
 
 
 def test_per_architecture_defaults() -> None:
-    from worker.create_and_train_model import parse_args
+    from training.cli import parse_args
 
     seed = parse_args([])
     strong = parse_args(["--architecture", "strong"])

@@ -1,0 +1,96 @@
+"""What training leaves for the workers: the .h5 model and its .json metadata, each written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.architectures import ARCHITECTURES, AUGMENTATION
+from training.fit import VALIDATION_SEED, TrainResult
+from training.mnist_data import Mnist
+
+
+class _DropHdf5LegacyWarning(logging.Filter):
+    """Drop Keras 3's "HDF5 is legacy" warning: .h5 is this project's chosen format, not an accident."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("You are saving your model as an HDF5 file")
+
+
+@contextlib.contextmanager
+def _atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success move it over ``target`` in one step."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is an atomic rename: readers see the old file or the new one.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users' workers must be able to read it
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_model(model: Any, output: Path) -> str:
+    """Save ``model`` atomically as HDF5 at ``output``; return its model_version (16 hex of the file's SHA-256)."""
+    absl_logger = logging.getLogger("absl")
+    legacy_filter = _DropHdf5LegacyWarning()
+    with _atomic_path(output) as tmp:
+        absl_logger.addFilter(legacy_filter)
+        try:
+            model.save(tmp)  # .h5 suffix selects the legacy HDF5 format the workers load
+        finally:
+            absl_logger.removeFilter(legacy_filter)
+        # Hash the bytes we are about to publish, so the version always matches the file.
+        version = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
+    return version
+
+
+def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` as JSON at ``path`` atomically."""
+    with _atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: int) -> dict[str, Any]:
+    """Return the metadata that describes a trained model (stored beside it as .json)."""
+    import keras
+    import tensorflow as tf
+
+    metadata: dict[str, Any] = {
+        "model_version": model_version,
+        "architecture": ARCHITECTURES[result.architecture],
+        "test_accuracy": round(result.test_accuracy, 6),
+        "test_loss": round(result.test_loss, 6),
+        "test_samples": result.test_samples,
+        "validation_accuracy": round(result.validation_accuracy, 6),
+        "validation_loss": round(result.validation_loss, 6),
+        "validation_samples": result.validation_samples,
+        "validation_seed": VALIDATION_SEED,
+        "epochs": result.epochs,
+        "train_samples": result.train_samples,
+        "seed": seed,
+        "train_seconds": round(result.train_seconds, 2),
+        "data_source": mnist.source,
+        "data_sha256": dict(mnist.checksums),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "python_version": platform.python_version(),
+    }
+    if result.architecture != "seed":  # the seed model's metadata keeps its original fields
+        metadata["augmentation"] = AUGMENTATION[result.architecture]
+        metadata["batch_size"] = result.batch_size
+        metadata["parameters"] = int(result.model.count_params())
+    return metadata
