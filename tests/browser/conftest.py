@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, expect, sync_playwright
 
 from tests.helpers import TestServices
 from tests.stack import LiveStack, running_stack
@@ -32,6 +32,16 @@ def stack(database_url: str, redis_url: str) -> Iterator[LiveStack]:
     with running_stack(database_url, redis_url) as live:
         live.wait_for_workers()  # the page should show the worker's model from the start
         yield live
+
+
+@pytest.fixture
+def page(browser: Browser, stack: LiveStack) -> Iterator[tuple[Page, list[str]]]:
+    """The page at a desktop size; fails the test if the page logged an unexpected error."""
+    page, problems = open_page(browser, stack.base_url, viewport={"width": 1200, "height": 900})
+    yield page, problems
+    assert real_problems(problems) == []
+    expect(page.locator("#error")).to_be_hidden()  # no page-wide trouble (lost connection, retries)
+    page.context.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Each test saves screenshots under TEST_SCREENSHOT_DIR (var/screenshots by defaul
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -14,38 +13,15 @@ from playwright.sync_api import Page, expect
 
 from shared.config import REPO_ROOT
 from tests.browser.conftest import open_page, real_problems
+from tests.browser.pages import ANSWER_TIMEOUT_MS, png_file, text_file, upload_as_visitor, upload_refused_file
 from tests.helpers import png_bytes
-from tests.stack import LiveStack
 from tests.userstyle import user_style_set
 
 pytestmark = pytest.mark.e2e
 
-ANSWER_TIMEOUT_MS = 60_000  # the first answer may wait for the worker's warm-up
-
 
 def _model_version() -> str:
     return json.loads((REPO_ROOT / "models" / "mnist_model.json").read_text())["model_version"]
-
-
-def _owner_token(page: Page) -> str:
-    """The owner token the page's first visit set as a cookie (HttpOnly: scripts cannot read it)."""
-    cookie = next(c for c in page.context.cookies() if c["name"] == "digits_owner")
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
-    return cookie["value"]
-
-
-def _png(name: str, data: bytes) -> dict:
-    return {"name": name, "mimeType": "image/png", "buffer": data}
-
-
-@pytest.fixture
-def page(browser, stack: LiveStack) -> Iterator[tuple[Page, list[str]]]:
-    """The page at a desktop size; fails the test if the page logged an unexpected error."""
-    page, problems = open_page(browser, stack.base_url, viewport={"width": 1200, "height": 900})
-    yield page, problems
-    assert real_problems(problems) == []
-    expect(page.locator("#error")).to_be_hidden()  # no page-wide trouble (lost connection, retries)
-    page.context.close()
 
 
 def test_uploading_a_photo_of_a_digit_shows_the_right_digit_and_its_probabilities(page, mnist, screenshot):
@@ -54,7 +30,7 @@ def test_uploading_a_photo_of_a_digit_shows_the_right_digit_and_its_probabilitie
     assert kind == "paper"
     expect(page.locator("#system")).to_contain_text(f"Model {_model_version()}")
 
-    page.set_input_files("#file-input", files=[_png("photo.png", data)])
+    page.set_input_files("#file-input", files=[png_file("photo.png", data)])
 
     card = page.locator(".card").first
     expect(card).to_have_attribute("data-state", "done", timeout=ANSWER_TIMEOUT_MS)
@@ -72,19 +48,17 @@ def test_uploading_a_photo_of_a_digit_shows_the_right_digit_and_its_probabilitie
 
 def test_a_file_that_is_not_an_image_gets_a_clear_message(page, screenshot):
     page, _ = page
-    page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                "buffer": b"shopping list: eggs, milk\n"}])
+    upload_refused_file(page, "notes.txt")
 
     card = page.locator(".card").first
     expect(card).to_have_attribute("data-state", "error")
     expect(card.locator(".card-error")).to_contain_text("'notes.txt'")
-    expect(card.locator(".card-error")).to_contain_text("not an image")
     screenshot(page, "refused")
 
 
 def test_several_files_get_a_card_each_and_one_bad_file_spoils_none_of_the_others(page, mnist, screenshot):
     page, _ = page
-    files = [_png(f"digit-{i}.png", png_bytes(mnist.x_test[i])) for i in range(3)]
+    files = [png_file(f"digit-{i}.png", png_bytes(mnist.x_test[i])) for i in range(3)]
     files.insert(1, {"name": "empty.png", "mimeType": "image/png", "buffer": b""})
 
     page.set_input_files("#file-input", files=files)
@@ -173,10 +147,10 @@ def test_rate_limited_and_unavailable_answers_are_explained(page, mnist):
     ])
     page.route("**/predict", lambda route: route.fulfill(**next(answers)))
 
-    page.set_input_files("#file-input", files=[_png("first.png", png_bytes(mnist.x_test[0]))])
+    page.set_input_files("#file-input", files=[png_file("first.png", png_bytes(mnist.x_test[0]))])
     first = page.locator(".card", has_text="first.png")
     expect(first.locator(".card-error")).to_have_text("Too many uploads from your address: try again in 42 seconds.")
-    page.set_input_files("#file-input", files=[_png("second.png", png_bytes(mnist.x_test[0]))])
+    page.set_input_files("#file-input", files=[png_file("second.png", png_bytes(mnist.x_test[0]))])
     second = page.locator(".card", has_text="second.png")
     expect(second.locator(".card-error")).to_contain_text("queue is unavailable")
     expect(second.locator(".card-error")).to_contain_text("Nothing was kept")
@@ -185,11 +159,7 @@ def test_rate_limited_and_unavailable_answers_are_explained(page, mnist):
 def test_history_is_paged_newest_first(page, stack, mnist):
     page, _ = page
     # More than a page of history, through the API (twelve files in one request: the batch path).
-    files = [("file", (f"batch-{i}.png", png_bytes(mnist.x_test[i]), "image/png")) for i in range(12)]
-    # The API client sends the visitor's owner token as a header: the uploads join that visitor's history.
-    resp = requests.post(f"{stack.base_url}/predict", files=files, timeout=30,
-                         headers={"X-Owner-Token": _owner_token(page)})
-    assert resp.status_code == 202, resp.text
+    upload_as_visitor(page, stack.base_url, mnist.x_test[:12], prefix="batch")
     page.reload()
 
     label = page.locator("#history-page")
@@ -211,8 +181,8 @@ def test_the_page_fits_a_phone_and_can_be_used_from_the_keyboard(browser, stack,
         # A card with its bars, a refused file with a long name, and the history: still nothing wider than
         # the screen (no sideways scrolling on a phone; the history table scrolls inside its own box).
         page.set_input_files("#file-input", files=[
-            _png("a-rather-long-file-name-from-a-phone-camera-20261127.png", png_bytes(mnist.x_test[0])),
-            {"name": "not-a-picture-either.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+            png_file("a-rather-long-file-name-from-a-phone-camera-20261127.png", png_bytes(mnist.x_test[0])),
+            text_file("not-a-picture-either.txt", b"hello")])
         expect(page.locator(".card[data-state=done]")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
         expect(page.locator(".card[data-state=error]")).to_have_count(1)
         expect(page.locator("#history tbody tr").first).to_be_visible()
@@ -233,7 +203,7 @@ def test_a_visitor_sees_their_own_history_and_nobody_else_does(browser, stack, m
     first, first_problems = open_page(browser, stack.base_url)
     second, second_problems = open_page(browser, stack.base_url)  # another browser: its own cookie jar
     try:
-        first.set_input_files("#file-input", files=[_png("mine-only.png", png_bytes(mnist.x_test[7]))])
+        first.set_input_files("#file-input", files=[png_file("mine-only.png", png_bytes(mnist.x_test[7]))])
         expect(first.locator("#history tbody tr", has_text="mine-only.png")).to_have_count(
             1, timeout=ANSWER_TIMEOUT_MS)
         second.reload()
