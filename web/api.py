@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,13 +23,29 @@ from web import db
 from web.errors import ApiError
 from web.ingest import QueueUnavailable
 from web.limits import limiter, upload_limit, uploads_unlimited
+from web.openapi import documented
 from web.owner import current_or_new, is_operator, presented
 from web.results import Subscription
+from web.schemas import (
+    TASK_ID,
+    Accepted,
+    ErrorDocument,
+    Final,
+    HistoryPage,
+    OwnerHeader,
+    PageQuery,
+    PredictQuery,
+    Status,
+    Statuses,
+    SystemInfo,
+    TaskQuery,
+    TasksQuery,
+    upload_form,
+)
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
-TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "image/bmp", "WEBP": "image/webp",
         "TIFF": "image/tiff"}
 # An image that cannot be read is a bad request; content that is not an image we take is an unsupported type.
@@ -69,11 +83,22 @@ def _status_url(task_id: str) -> str:
 
 
 @bp.post("/predict")
+@documented(query=PredictQuery, headers=OwnerHeader, form=upload_form, responses={
+    200: (Final, "With `wait`: every upload final within it; their status documents"),
+    202: (Accepted, "Recorded and queued"),
+    400: (ErrorDocument, "Not a usable image, blank, more than {max_files_per_request} files, or a bad `wait`"),
+    413: (ErrorDocument, "A file over {max_upload_bytes} bytes"),
+    415: (ErrorDocument, "Not an image, or not multipart/form-data"),
+    429: (ErrorDocument, "Too many uploads from this address; see Retry-After"),
+    503: (ErrorDocument, "Queue or database unavailable")})
 @limiter.limit(upload_limit, exempt_when=uploads_unlimited)
 def predict() -> ResponseReturnValue:
-    """Validate, record (before answering) and enqueue uploads: 202 with their task ids, or with `?wait=S`
-    200 and their final status documents once all are final within S seconds."""
-    wait = _wait_seconds(request.args.get("wait"))  # a bad wait is refused before anything is accepted
+    """Upload one or several images (multipart field `file`); `?wait=S` answers with the digits.
+
+    Validate, record (before answering) and enqueue uploads: 202 with their task ids, or with `?wait=S` 200 and
+    their final status documents once all are final within S seconds.
+    """
+    wait = PredictQuery.parse(request.args).wait  # a bad wait is refused before anything is accepted
     uploads = _read_uploads(db.settings(), current_or_new())
     ids = [upload.task_id for upload in uploads]
     waiter = db.result_waiter()
@@ -120,18 +145,9 @@ def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
         return predictions.read(conn, db.redis_client(), task_ids, db.settings().result_ttl_seconds)
 
 
-MAX_WAIT_SECONDS = 30.0
-MAX_IDS = 100
-MAX_PAGE = 1_000_000
-
-
-def _wait_for(task_ids: list[str]) -> list[dict[str, Any]]:
-    """The documents of known ids, held up to ?wait= seconds until all are final (or, with ?until=any, until
+def _wait_for(task_ids: list[str], wait: float, until: str) -> list[dict[str, Any]]:
+    """The documents of known ids, held up to `wait` seconds until all are final (or, with until=any, until
     one is: a client lists the ones it has no answer for); 404 if any id is unknown."""
-    wait = _wait_seconds(request.args.get("wait"))
-    until = request.args.get("until", "all")
-    if until not in ("all", "any"):
-        raise ApiError(400, "bad_until", "until must be 'all' or 'any'.")
     waiter = db.result_waiter()
     with waiter.slot(wait) as may_wait:
         if not may_wait:  # no wait asked, or every long-poll slot of this process is taken: answer now
@@ -165,19 +181,6 @@ def _hold(task_ids: list[str], heard: Subscription, deadline: float, settled: Ca
             reread = min(2 * reread, REREAD_MAX_S)
 
 
-def _wait_seconds(raw: str | None) -> float:
-    """?wait= as seconds: a finite number from 0 to MAX_WAIT_SECONDS, else a 400 at once (nothing may spin)."""
-    if raw is None or raw == "":
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        wait = math.nan
-    if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT_SECONDS:
-        raise ApiError(400, "bad_wait", f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.")
-    return wait
-
-
 def _known(task_ids: list[str]) -> list[dict[str, Any]]:
     """The documents of the ids, in order; 404 if any id is unknown."""
     docs = _statuses(task_ids)
@@ -188,35 +191,47 @@ def _known(task_ids: list[str]) -> list[dict[str, Any]]:
 
 
 @bp.get("/tasks/<task_id>")
+@documented(query=TaskQuery, path_parameters={"task_id": "The id POST /predict answered; anything else is a 404"},
+            responses={200: (Status, "Its status document"),
+                       400: (ErrorDocument, "A `wait` that is not a number of seconds from 0 to {max_wait_seconds:g}, "
+                                            "or a bad `until`"),
+                       404: (ErrorDocument, "No such task"),
+                       503: (ErrorDocument, "Database unavailable")})
 def task_status(task_id: str) -> ResponseReturnValue:
     """The state of one upload; `?wait=S` holds the answer up to S seconds until it is final (long poll)."""
     if not TASK_ID.match(task_id):
         raise ApiError(404, "not_found", "No such task.")
-    return jsonify(_wait_for([task_id])[0])
+    query = TaskQuery.parse(request.args)
+    return jsonify(_wait_for([task_id], query.wait, query.until)[0])
 
 
 @bp.get("/tasks")
+@documented(query=TasksQuery, responses={
+    200: (Statuses, "Their status documents, in the order asked"),
+    400: (ErrorDocument, "No ids, more than {max_ids}, or a bad `wait` or `until`"),
+    404: (ErrorDocument, "An unknown id"),
+    # gunicorn's, before the app sees the request: many more ids than allowed make the request line too long.
+    414: (None, "A request line longer than the server reads (gunicorn's limit_request_line)"),
+    503: (ErrorDocument, "Database unavailable")})
 def tasks_status() -> ResponseReturnValue:
-    """The states of several uploads (`?ids=a,b,c`, at most 100); `?wait=S` holds until all are final, or with
-    `&until=any` until one of them becomes final."""
-    ids = [t for t in request.args.get("ids", "").split(",") if t]
-    if not ids or len(ids) > MAX_IDS:
-        raise ApiError(400, "bad_ids", f"Give between 1 and {MAX_IDS} task ids as ?ids=a,b,c.")
-    bad = [t for t in ids if not TASK_ID.match(t)]
-    if bad:
-        raise ApiError(404, "not_found", f"No such task: {', '.join(bad)}.")
-    return jsonify({"tasks": _wait_for(ids)})
+    """The states of several uploads (`?ids=a,b,c`); `?wait=S` holds until all are final, or with `&until=any`
+    until one of them becomes final."""
+    query = TasksQuery.parse(request.args)
+    return jsonify({"tasks": _wait_for(query.ids, query.wait, query.until)})
 
 
 @bp.get("/predictions")
+@documented(query=PageQuery, headers=OwnerHeader, responses={
+    200: (HistoryPage, "A page of history"),
+    400: (ErrorDocument, "Bad page parameters"),
+    401: (ErrorDocument, "Operator credentials that are not valid"),
+    503: (ErrorDocument, "Database unavailable")})
 # Guessing the operators' password: ten wrong tries a minute per address (right ones are not counted).
 @limiter.limit("10/minute", deduct_when=lambda response: response.status_code == 401)
 def predictions_page() -> ResponseReturnValue:
-    """The caller's own predictions (operators: everyone's), newest first, paginated; no token, no rows."""
-    page = request.args.get("page", 1, type=int) or 1
-    per_page = request.args.get("per_page", 20, type=int) or 20
-    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= 100:
-        raise ApiError(400, "bad_page", f"page must be between 1 and {MAX_PAGE}, per_page between 1 and 100.")
+    """The caller's own predictions (by owner token; operators with basic auth: everyone's), newest first."""
+    query = PageQuery.parse(request.args)
+    page, per_page = query.page, query.per_page
     everyone = is_operator(db.operator_credentials())
     owner = None if everyone else presented()
     if not everyone and owner is None:
@@ -232,6 +247,7 @@ def predictions_page() -> ResponseReturnValue:
 
 
 @bp.get("/system")
+@documented(responses={200: (SystemInfo, "What serves uploads now"), 503: (ErrorDocument, "Queue unavailable")})
 def system() -> ResponseReturnValue:
     """What serves uploads now: live worker processes, their model versions, the queue's length, the limits."""
     cfg = db.settings()

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
+from shared.config import Settings
+from shared.schema import State
 from web import db, owner
+from web.schemas import MAX_IDS, MAX_WAIT_SECONDS
 
 bp = Blueprint("pages", __name__)
+
+
+def page_config(cfg: Settings) -> dict[str, Any]:
+    """What the page's script must agree on with the API: the state names and the limits, from their definitions."""
+    return {"states": {state.name: state.value for state in State},
+            "maxUploadBytes": cfg.max_upload_bytes,
+            "maxFiles": cfg.max_files_per_request,
+            "maxIdsPerPoll": MAX_IDS,
+            "maxWaitSeconds": MAX_WAIT_SECONDS}
 
 
 @bp.get("/")
@@ -16,4 +30,4 @@ def index() -> ResponseReturnValue:
     cfg = db.settings()
     owner.current_or_new()  # a first visit gets its owner cookie: its history is its own
     return render_template("index.html", max_upload_mib=cfg.max_upload_bytes // (1024 * 1024),
-                           max_files=cfg.max_files_per_request)
+                           max_files=cfg.max_files_per_request, config=page_config(cfg))

@@ -6,11 +6,17 @@ const errorBox = $("error");
 const cardsList = $("cards");
 const cardTemplate = $("card-template");
 
-const SLOW_AFTER_MS = 5000;   // a card still queued after this long says the queue is busy
-const LONG_POLL_S = 20;       // the server holds a status read up to this long (it allows 30)
-const MAX_IDS_PER_POLL = 100; // the API's limit for GET /tasks?ids=
+// What the page must agree on with the API, rendered by the server from the definitions: the state names
+// (shared.schema.State) and the limits (settings, web/schemas.py).
+const config = JSON.parse($("page-config").textContent);
+const STATE = config.states;
 
-const system = { maxUploadBytes: 10 * 1024 * 1024, maxFiles: 16, queueLength: 0, workers: null };
+const SLOW_AFTER_MS = 5000;   // a card still queued after this long says the queue is busy
+const LONG_POLL_S = Math.min(20, config.maxWaitSeconds);  // how long the server holds a status read for us
+const MAX_IDS_PER_POLL = config.maxIdsPerPoll;            // the API's limit for GET /tasks?ids=
+
+// Until /system answers: the limits this page was rendered with.
+const system = { maxUploadBytes: config.maxUploadBytes, maxFiles: config.maxFiles, queueLength: 0, workers: null };
 
 function showError(message) {
   errorBox.textContent = message;
@@ -96,16 +102,16 @@ class Card {
 
   // Shows the status document from GET /tasks; true once the card is final.
   update(doc) {
-    if (doc.state === "SUCCESS") {
+    if (doc.state === STATE.SUCCESS) {
       this.final = true;
       this.showAnswer(doc);
       return true;
     }
-    if (doc.state === "FAILURE") {
+    if (doc.state === STATE.FAILURE) {
       this.fail(doc.error || "The image could not be read.");
       return true;
     }
-    if (doc.state === "STARTED") {
+    if (doc.state === STATE.STARTED) {
       this.setState("Reading the digit…", "running");
     } else if (this.isSlow()) {
       const ahead = system.queueLength > 0 ? ` (${system.queueLength} waiting)` : "";
@@ -213,7 +219,7 @@ const poller = {
     if (!this.running) this.run();
   },
 
-  pending() {  // the least recently asked first, so that more than 100 cards all get their turn
+  pending() {  // the least recently asked first, so that more cards than one poll may ask for all get their turn
     return Array.from(cardsList.children)
       .map((node) => node.card)
       .filter((card) => card && card.taskId && !card.final)
