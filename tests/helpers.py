@@ -44,3 +44,12 @@ def eventually(condition: Callable[[], bool], timeout: float = 10) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def slanted_stroke(slant: float) -> np.ndarray:
+    """A 28x28 2-px stroke from row 4 to row 23, moving `slant` px right per row upwards, around column 13."""
+    image = np.zeros((28, 28), np.float32)
+    for row in range(4, 24):
+        left = round(13 + slant * (13.5 - row))
+        image[row, left:left + 2] = 1.0
+    return image

@@ -78,6 +78,8 @@ def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: 
         "validation_loss": round(result.validation_loss, 6),
         "validation_samples": result.validation_samples,
         "validation_seed": VALIDATION_SEED,
+        # The input normalisation the model was trained with: workers apply the same (worker/model.py).
+        "deskew": result.deskewed,
         "epochs": result.epochs,
         "train_samples": result.train_samples,
         "seed": seed,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.deskew import deskew
 from training.architectures import (
     ARCHITECTURES,
     DEFAULT_BATCH_SIZE,
@@ -47,11 +48,15 @@ class TrainResult:
     epochs: int
     architecture: str = "seed"
     batch_size: int = 32
+    deskewed: bool = True
 
 
-def preprocess(images: Any) -> Any:
-    """Scale uint8 images (N, 28, 28) to float32 in [0, 1] with one channel: (N, 28, 28, 1)."""
-    return (np.asarray(images, dtype=np.float32) / 255.0)[..., np.newaxis]
+def preprocess(images: Any, deskewed: bool = True) -> Any:
+    """Scale uint8 images (N, 28, 28) to float32 in [0, 1], deskewed if asked, with one channel: (N, 28, 28, 1)."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    if deskewed:  # in slices: deskew's intermediates are several times the images' size
+        x = np.concatenate([deskew(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x
+    return x[..., np.newaxis]
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float = VALIDATION_FRACTION,
@@ -135,9 +140,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = None, seed: int = 1,
-          limit: int | None = None, architecture: str = "seed") -> TrainResult:
+          limit: int | None = None, architecture: str = "seed", deskewed: bool = True) -> TrainResult:
     """Train ``architecture`` on ``mnist``'s training split (its first ``limit`` images if given), less the held-out
-    validation images; score it on the test split once.
+    validation images; score it on the test split once. ``deskewed``: train on (and score) deskewed digits, as
+    the workers will then serve them (shared/deskew.py).
 
     ``epochs`` and ``batch_size`` default to the architecture's own (DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE).
     """
@@ -147,10 +153,11 @@ def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = N
     batch_size = batch_size or DEFAULT_BATCH_SIZE[architecture]
     _seed_everything(seed)
     x_all, y_all = mnist.x_train[:limit], mnist.y_train[:limit]
-    x_train, y_train, x_val, y_val = split_validation(preprocess(x_all), y_all)
+    x_train, y_train, x_val, y_val = split_validation(preprocess(x_all, deskewed), y_all)
 
-    log.info("training %s on %d images (%d held out for validation), %d epoch(s), batch size %d, seed %d",
-             ARCHITECTURES[architecture], len(x_train), len(x_val), epochs, batch_size, seed)
+    log.info("training %s on %d %simages (%d held out for validation), %d epoch(s), batch size %d, seed %d",
+             ARCHITECTURES[architecture], len(x_train), "deskewed " if deskewed else "", len(x_val), epochs,
+             batch_size, seed)
     started = time.perf_counter()
     if architecture == "seed":
         model = _fit_seed(x_train, y_train, (x_val, y_val), epochs, batch_size)
@@ -158,11 +165,12 @@ def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = N
         model = _fit_strong(x_train, y_train, (x_val, y_val), epochs, batch_size, seed)
     train_seconds = time.perf_counter() - started
     val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
-    test_loss, test_accuracy = model.evaluate(preprocess(mnist.x_test), mnist.y_test, batch_size=256, verbose=0)
+    x_test = preprocess(mnist.x_test, deskewed)
+    test_loss, test_accuracy = model.evaluate(x_test, mnist.y_test, batch_size=256, verbose=0)
     log.info("validation accuracy %.4f; test accuracy %.4f (loss %.4f); trained in %.1f s",
              val_accuracy, test_accuracy, test_loss, train_seconds)
     return TrainResult(model=model, validation_loss=float(val_loss), validation_accuracy=float(val_accuracy),
                        validation_samples=len(x_val), test_loss=float(test_loss),
                        test_accuracy=float(test_accuracy), test_samples=len(mnist.x_test),
                        train_seconds=train_seconds, train_samples=len(x_train), epochs=epochs,
-                       architecture=architecture, batch_size=batch_size)
+                       architecture=architecture, batch_size=batch_size, deskewed=deskewed)

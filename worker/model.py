@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from shared.config import quiet_tensorflow_logs
+from shared.deskew import deskew
 from worker.metrics import INFERENCE
 from worker.numpy_model import NumpyModel, Unsupported
 
@@ -26,17 +27,24 @@ INPUT_SHAPE = (28, 28)
 GPU_DEVICE = Path("/dev/nvidiactl")  # present where NVIDIA's driver is: the host may have a GPU for TensorFlow
 
 
-def model_version_of(model_path: Path) -> str:
-    """The model's version: from its metadata file when there is one, else a hash of the weights file."""
-    meta = model_path.with_suffix(".json")
-    if meta.exists():
+@dataclass(frozen=True)
+class ModelCard:
+    """What the metadata beside a model says about it that serving needs: its version and its input normalisation."""
+
+    version: str
+    deskew: bool = False  # trained on deskewed digits (shared/deskew.py): it must be served them too
+
+    @classmethod
+    def of(cls, model_path: Path) -> ModelCard:
+        """The card from the model's .json; without one (or unreadable), a hash of the file and MNIST's plain input."""
+        meta = model_path.with_suffix(".json")
         try:
-            version = json.loads(meta.read_text()).get("model_version")
-            if version:
-                return str(version)
+            data = json.loads(meta.read_text()) if meta.exists() else {}
         except (OSError, ValueError):
             log.warning("unreadable model metadata %s; hashing the model file instead", meta)
-    return hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
+            data = {}
+        version = str(data.get("model_version") or hashlib.sha256(model_path.read_bytes()).hexdigest()[:16])
+        return cls(version, bool(data.get("deskew", False)))
 
 
 # Multiply-adds per image up to which numpy's matrix products keep up with TensorFlow on a CPU (the seed CNN:
@@ -54,6 +62,7 @@ class Predictor:
     engine: str
     params: int
     _fn: Callable[[np.ndarray], Any]
+    deskew: bool = False  # the model's input normalisation (ModelCard): applied to every batch before the call
 
     @classmethod
     def load(cls, model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
@@ -61,20 +70,23 @@ class Predictor:
         call it once so the first upload does not pay for the warm-up."""
         if engine not in ENGINES:
             raise ValueError(f"unknown inference engine {engine!r}; expected one of {ENGINES}")
+        card = ModelCard.of(model_path)
         model = None if engine == "tensorflow" else _numpy_model(model_path, engine)
         if model is not None:
-            predictor = cls(model_version_of(model_path), "/CPU:0", "numpy", model.params, model)
+            predictor = cls(card.version, "/CPU:0", "numpy", model.params, model, card.deskew)
             _limit_blas_threads(threads)
         else:
-            predictor = _tensorflow_predictor(model_path, threads)
+            predictor = _tensorflow_predictor(model_path, card, threads)
         predictor.predict(np.zeros((1, *INPUT_SHAPE), np.float32))
         return predictor
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, 10) for a batch of preprocessed images (N, 28, 28) scaled to [0, 1]."""
-        x = np.asarray(batch, dtype=np.float32).reshape(-1, *INPUT_SHAPE, 1)
+        x = np.asarray(batch, dtype=np.float32).reshape(-1, *INPUT_SHAPE)
         with INFERENCE.time():
-            return np.asarray(self._fn(x))
+            if self.deskew:
+                x = deskew(x)
+            return np.asarray(self._fn(x[..., np.newaxis]))
 
 
 def _numpy_model(model_path: Path, engine: str) -> NumpyModel | None:
@@ -102,7 +114,7 @@ def _limit_blas_threads(threads: int) -> None:
     threadpool_limits(limits=threads if threads > 0 else 1, user_api="blas")
 
 
-def _tensorflow_predictor(model_path: Path, threads: int) -> Predictor:
+def _tensorflow_predictor(model_path: Path, card: ModelCard, threads: int) -> Predictor:
     """The .h5 in Keras, on the GPU if TensorFlow sees one, behind a function traced once."""
     quiet_tensorflow_logs()
     # TensorFlow is imported here, never at module import: the Celery parent process must not initialise it
@@ -127,12 +139,12 @@ def _tensorflow_predictor(model_path: Path, threads: int) -> Predictor:
     def infer(x: Any) -> Any:
         return model(x, training=False)
 
-    return Predictor(model_version_of(model_path), device, "tensorflow", int(model.count_params()), infer)
+    return Predictor(card.version, device, "tensorflow", int(model.count_params()), infer, card.deskew)
 
 
 def load_predictor(model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
     """Load the model for this process (call once, after any fork)."""
     predictor = Predictor.load(model_path, engine, threads)
-    log.info("model %s loaded from %s: %s engine on %s", predictor.version, model_path, predictor.engine,
-             predictor.device)
+    log.info("model %s loaded from %s: %s engine on %s%s", predictor.version, model_path, predictor.engine,
+             predictor.device, ", deskewed input" if predictor.deskew else "")
     return predictor

@@ -21,7 +21,7 @@ OFFLINE_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 METADATA_FIELDS = {
     "model_version", "architecture", "test_accuracy", "test_loss", "test_samples", "validation_accuracy",
-    "validation_loss", "validation_samples", "validation_seed", "epochs", "train_samples", "seed",
+    "validation_loss", "validation_samples", "validation_seed", "deskew", "epochs", "train_samples", "seed",
     "train_seconds", "data_source", "data_sha256", "trained_at", "tensorflow_version", "keras_version",
     "python_version",
 }
@@ -63,6 +63,7 @@ def test_metadata_describes_the_saved_file(trained: Path) -> None:
     # A twelfth of the 3,000 images is held out for validation; the test split is all of MNIST's 10,000.
     assert (metadata["train_samples"], metadata["validation_samples"], metadata["test_samples"]) == (2750, 250, 10000)
     assert metadata["validation_seed"] == VALIDATION_SEED
+    assert metadata["deskew"] is True  # trained on deskewed digits: workers serve it deskewed ones
     assert 0.80 <= metadata["validation_accuracy"] <= 1.0
     assert metadata["data_sha256"] == EXPECTED_SHA256
     assert datetime.fromisoformat(metadata["trained_at"]).utcoffset().total_seconds() == 0
@@ -158,3 +159,4 @@ def test_per_architecture_defaults() -> None:
     assert (strong.architecture, strong.min_accuracy) == ("strong", 0.993)
     assert parse_args(["--architecture", "strong", "--min-accuracy", "0.5"]).min_accuracy == 0.5
     assert seed.epochs is None and strong.epochs is None  # resolved per architecture in train()
+    assert seed.deskew and not parse_args(["--no-deskew"]).deskew

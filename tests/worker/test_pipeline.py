@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 
 from shared import predictions, preprocessing
 from shared.db import make_engine, make_session_factory
+from shared.deskew import deskew
 from shared.migrate import upgrade
 from shared.schema import Prediction, State, utcnow
 from tests.helpers import eventually, png_bytes
@@ -108,7 +109,8 @@ def test_the_workers_batched_call_matches_keras_predict(predictor, mnist, traine
 
     batch = mnist.x_test[:64].astype(np.float32) / 255
     fast = predictor.predict(batch)
-    slow = keras.models.load_model(trained_model, compile=False).predict(batch[..., None], verbose=0)
+    assert predictor.deskew  # the training command trains on deskewed digits, and says so in the metadata
+    slow = keras.models.load_model(trained_model, compile=False).predict(deskew(batch)[..., None], verbose=0)
     np.testing.assert_allclose(fast, slow, atol=1e-5)
 
 
