@@ -68,6 +68,7 @@ class Prediction(Base):
     confidence: Mapped[float | None] = mapped_column(Double)
     probabilities: Mapped[list[float] | None] = mapped_column(JSON)
     model_version: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(32))  # the model's architecture, e.g. seed-cnn
     error: Mapped[str | None] = mapped_column(Text)
 
     # The upload itself stays in the row so the task can be re-queued from MySQL alone; deferred so
@@ -103,8 +104,8 @@ class Prediction(Base):
         return status_document({name: getattr(self, name) for name in STATUS_COLUMNS})
 
 
-STATUS_COLUMNS = ("task_id", "state", "digit", "confidence", "probabilities", "model_version", "error",
-                  "created_at", "finished_at")
+STATUS_COLUMNS = ("task_id", "state", "digit", "confidence", "probabilities", "model_name", "model_version",
+                  "error", "created_at", "finished_at")
 
 
 def status_document(values: Mapping[Any, Any]) -> dict[str, Any]:

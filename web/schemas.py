@@ -194,7 +194,8 @@ class Status(BaseModel):
     digit: Annotated[int, Field(ge=0, le=DIGITS - 1)] | None
     confidence: Annotated[float, Field(ge=0, le=1)] | None
     probabilities: Annotated[list[float], Field(min_length=DIGITS, max_length=DIGITS)] | None
-    model_version: str | None
+    model_name: str | None = Field(description="The model that read it: its architecture, e.g. seed-cnn")
+    model_version: str | None = Field(description="The model that read it: the content hash of its file")
     error: str | None
     created_at: datetime | None
     finished_at: datetime | None

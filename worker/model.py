@@ -33,6 +33,7 @@ class ModelCard:
 
     version: str
     deskew: bool = False  # trained on deskewed digits (shared/deskew.py): it must be served them too
+    name: str = "unnamed"  # its architecture (metadata "architecture"), shown with each answer
 
     @classmethod
     def of(cls, model_path: Path) -> ModelCard:
@@ -44,7 +45,7 @@ class ModelCard:
             log.warning("unreadable model metadata %s; hashing the model file instead", meta)
             data = {}
         version = str(data.get("model_version") or hashlib.sha256(model_path.read_bytes()).hexdigest()[:16])
-        return cls(version, bool(data.get("deskew", False)))
+        return cls(version, bool(data.get("deskew", False)), str(data.get("architecture") or "unnamed"))
 
 
 # Multiply-adds per image up to which numpy's matrix products keep up with TensorFlow on a CPU (the seed CNN:
@@ -63,6 +64,7 @@ class Predictor:
     params: int
     _fn: Callable[[np.ndarray], Any]
     deskew: bool = False  # the model's input normalisation (ModelCard): applied to every batch before the call
+    name: str = "unnamed"  # the model's architecture (ModelCard)
 
     @classmethod
     def load(cls, model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
@@ -73,7 +75,7 @@ class Predictor:
         card = ModelCard.of(model_path)
         model = None if engine == "tensorflow" else _numpy_model(model_path, engine)
         if model is not None:
-            predictor = cls(card.version, "/CPU:0", "numpy", model.params, model, card.deskew)
+            predictor = cls(card.version, "/CPU:0", "numpy", model.params, model, card.deskew, card.name)
             _limit_blas_threads(threads)
         else:
             predictor = _tensorflow_predictor(model_path, card, threads)
@@ -139,12 +141,12 @@ def _tensorflow_predictor(model_path: Path, card: ModelCard, threads: int) -> Pr
     def infer(x: Any) -> Any:
         return model(x, training=False)
 
-    return Predictor(card.version, device, "tensorflow", int(model.count_params()), infer, card.deskew)
+    return Predictor(card.version, device, "tensorflow", int(model.count_params()), infer, card.deskew, card.name)
 
 
 def load_predictor(model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
     """Load the model for this process (call once, after any fork)."""
     predictor = Predictor.load(model_path, engine, threads)
-    log.info("model %s loaded from %s: %s engine on %s%s", predictor.version, model_path, predictor.engine,
-             predictor.device, ", deskewed input" if predictor.deskew else "")
+    log.info("model %s %s loaded from %s: %s engine on %s%s", predictor.name, predictor.version, model_path,
+             predictor.engine, predictor.device, ", deskewed input" if predictor.deskew else "")
     return predictor

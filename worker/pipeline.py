@@ -34,8 +34,9 @@ INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, RedisErr
 
 
 class Model(Protocol):
-    """What the pipeline needs of a model: a version and a batched call."""
+    """What the pipeline needs of a model: its name and version, and a batched call."""
 
+    name: str
     version: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -133,7 +134,7 @@ class Pipeline:
         images, errors = self._preprocess(claim.images)
         preprocess_ms = round((time.perf_counter() - t0) * 1000 / len(claim.images), 3)
         probabilities, inference_ms = self._infer(images)
-        common = {"preprocess_ms": preprocess_ms, "model_version": self.model.version}
+        common = {"preprocess_ms": preprocess_ms, "model_name": self.model.name, "model_version": self.model.version}
         results = {task_id: {**common, **_success(probs, inference_ms)}
                    for task_id, probs in zip(images, probabilities, strict=True)}
         for task_id, error in errors.items():

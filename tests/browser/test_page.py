@@ -24,6 +24,12 @@ def _model_version() -> str:
     return json.loads((REPO_ROOT / "models" / "mnist_model.json").read_text())["model_version"]
 
 
+def _model_label() -> str:
+    """Which model read an answer, as the page shows it: the architecture, then the version."""
+    metadata = json.loads((REPO_ROOT / "models" / "mnist_model.json").read_text())
+    return f"{metadata['architecture']} {metadata['model_version']}"
+
+
 def test_uploading_a_photo_of_a_digit_shows_the_right_digit_and_its_probabilities(page, mnist, screenshot):
     page, _ = page
     data, label, kind = user_style_set(mnist.x_test, mnist.y_test, 1, seed=3)[0]
@@ -38,11 +44,11 @@ def test_uploading_a_photo_of_a_digit_shows_the_right_digit_and_its_probabilitie
     expect(card.locator(".name")).to_have_text("photo.png")
     expect(card.locator(".bars li")).to_have_count(10)
     expect(card.locator(".bars li.top span").first).to_have_text(str(label))
-    expect(card.locator(".model")).to_have_text(_model_version())
+    expect(card.locator(".model")).to_have_text(_model_label())
     assert card.locator(".thumb").evaluate("img => img.naturalWidth") > 0
     # The history (from MySQL) shows the same upload with the model that read it.
     row = page.locator("#history tbody tr", has_text="photo.png").first
-    expect(row).to_contain_text(_model_version())
+    expect(row).to_contain_text(_model_label())
     screenshot(page, "answer")
 
 

@@ -58,8 +58,8 @@ def test_status_of_a_queued_upload_is_pending(client, mnist):
     doc = resp.get_json()
     assert doc["task_id"] == task_id
     assert doc["state"] == "PENDING"
-    assert set(doc) == {"task_id", "state", "digit", "confidence", "probabilities", "model_version", "error",
-                        "created_at", "finished_at"}
+    assert set(doc) == {"task_id", "state", "digit", "confidence", "probabilities", "model_name", "model_version",
+                        "error", "created_at", "finished_at"}
     assert doc["created_at"].endswith("Z")
 
 

@@ -22,8 +22,8 @@ def _model_file(tmp_path: Path, metadata: dict | str | None) -> Path:
 
 
 def test_the_card_reads_the_version_and_the_input_normalisation(tmp_path: Path) -> None:
-    path = _model_file(tmp_path, {"model_version": "abc123", "deskew": True})
-    assert ModelCard.of(path) == ModelCard("abc123", deskew=True)
+    path = _model_file(tmp_path, {"model_version": "abc123", "deskew": True, "architecture": "seed-cnn"})
+    assert ModelCard.of(path) == ModelCard("abc123", deskew=True, name="seed-cnn")
 
 
 def test_a_model_without_metadata_gets_plain_input_and_a_hash_for_version(tmp_path: Path) -> None:

@@ -64,7 +64,8 @@ def test_batch_predicts_and_stores_every_row(db_sessions, predictor, mnist):
         assert doc == row.status_document()
         assert len(row.probabilities) == 10 and abs(sum(row.probabilities) - 1) < 1e-3
         assert row.confidence == pytest.approx(max(row.probabilities), abs=1e-5)
-        assert row.model_version == predictor.version
+        assert (row.model_name, row.model_version) == (predictor.name, predictor.version) == (
+            "seed-cnn", predictor.version)
         assert row.worker == "test-worker"
         assert row.started_at <= row.finished_at
 

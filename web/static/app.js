@@ -18,6 +18,12 @@ const MAX_IDS_PER_POLL = config.maxIdsPerPoll;            // the API's limit for
 // Until /system answers: the limits this page was rendered with.
 const system = { maxUploadBytes: config.maxUploadBytes, maxFiles: config.maxFiles, queueLength: 0, workers: null };
 
+// Which model read an answer: its architecture and version (rows from before names were kept have none).
+function modelLabel(doc) {
+  if (!doc.model_version) return "unknown";
+  return doc.model_name ? `${doc.model_name} ${doc.model_version}` : doc.model_version;
+}
+
 function showError(message) {
   errorBox.textContent = message;
   errorBox.hidden = !message;
@@ -126,7 +132,7 @@ class Card {
     const answer = this.node.querySelector(".answer");
     answer.querySelector(".digit").textContent = doc.digit;
     answer.querySelector(".confidence").textContent = `${percent(doc.confidence)} sure`;
-    answer.querySelector(".model").textContent = doc.model_version || "unknown";
+    answer.querySelector(".model").textContent = modelLabel(doc);
     const bars = answer.querySelector(".bars");
     bars.replaceChildren(...doc.probabilities.map((p, digit) => {
       const li = document.createElement("li");
@@ -433,7 +439,7 @@ const history = {
         item.state,
         item.digit ?? "",
         item.confidence == null ? "" : percent(item.confidence),
-        item.model_version || "",
+        item.model_version ? modelLabel(item) : "",
       ].forEach((text) => { const td = document.createElement("td"); td.textContent = text; tr.append(td); });
       return tr;
     });
