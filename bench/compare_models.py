@@ -1,11 +1,14 @@
-"""Compare trained digit models on MNIST test and on the user-style uploads; prints Markdown tables.
+"""Compare trained digit models on MNIST test, the user-style and the other-writers uploads; prints Markdown tables.
 
     python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
                                    [--user-style 2000] [--seed 2024]
+                                   [--other-writers 2000] [--other-seed 1130]
 
 Every image goes the way an upload does: encoded (PNG for MNIST, tests/userstyle.py's renderings
-for the user-style set), through ``shared.preprocessing.preprocess``, then ``worker.model.Predictor``.
-The preprocessing is done once and shared by all models, so they are scored on identical inputs.
+for the user-style set, tests/otherwriters.py's low-resolution scans for the other-writers set; all
+from the MNIST test split), through ``shared.preprocessing.preprocess``, then ``worker.model.Predictor``
+(which applies the model's own input normalisation, e.g. deskewing, from its metadata). The preprocessing
+is done once and shared by all models, so they are scored on identical inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from shared.config import REPO_ROOT, quiet_tensorflow_logs
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
+from tests import otherwriters
 from tests.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
 from training.mnist_data import load_idx_dir
 
@@ -58,13 +62,30 @@ def _metadata(path: Path) -> dict:
         return {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare_models", description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", default=list(DEFAULT_MODELS), help="model .h5 files")
     parser.add_argument("--user-style", type=int, default=2000, help="size of the user-style set (default 2000)")
     parser.add_argument("--seed", type=int, default=2024, help="user-style seed (default 2024)")
+    parser.add_argument("--other-writers", type=int, default=otherwriters.DEFAULT_SIZE,
+                        help=f"size of the other-writers set (default {otherwriters.DEFAULT_SIZE})")
+    parser.add_argument("--other-seed", type=int, default=otherwriters.DEFAULT_SEED,
+                        help=f"other-writers seed (default {otherwriters.DEFAULT_SEED})")
     parser.add_argument("--mnist", type=Path, default=MNIST_DIR, help=f"MNIST IDX directory (default {MNIST_DIR})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _kind_table(title: str, kinds: Sequence[str], rows: list[tuple], column: int) -> None:
+    """Per-kind accuracy, one column per model; ``column`` picks the set's scores from each row."""
+    print(f"\n{title} accuracy by kind:\n")
+    print("| kind | " + " | ".join(row[0].name for row in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for kind in (*kinds, "all"):
+        print(f"| {kind} | " + " | ".join(f"{row[column].get(kind, float('nan')):.3f}" for row in rows) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_tensorflow_logs()
 
@@ -78,37 +99,36 @@ def main(argv: list[str] | None = None) -> int:
     mnist_images = preprocess_all([encode_png(d) for d in mnist.x_test])
     user = user_style_set(mnist.x_test, mnist.y_test, args.user_style, seed=args.seed)
     user_images = preprocess_all([data for data, _, _ in user])
-    user_labels = [label for _, label, _ in user]
-    user_kinds = [kind for _, _, kind in user]
+    other = otherwriters.other_writers_set(mnist.x_test, mnist.y_test, args.other_writers, seed=args.other_seed)
+    other_images = preprocess_all([data for data, _, _ in other])
     prep_s = time.perf_counter() - started
 
     from worker.model import Predictor
 
     rows = []
-    predictor_params: dict[Path, int] = {}
     for path in args.models:
-        meta = _metadata(path)
         predictor = Predictor.load(path)
-        predictor_params[path] = predictor.params
         t0 = time.perf_counter()
         mnist_acc = float(np.mean(predict(predictor, mnist_images) == mnist.y_test))
         infer_ms = (time.perf_counter() - t0) * 1000 / len(mnist_images)
-        user_scores = accuracy_by_kind(user_labels, user_kinds, predict(predictor, user_images))
-        rows.append((path, predictor.version, meta, mnist_acc, user_scores, infer_ms))
+        user_scores = accuracy_by_kind([lb for _, lb, _ in user], [k for _, _, k in user],
+                                       predict(predictor, user_images))
+        other_scores = accuracy_by_kind([lb for _, lb, _ in other], [k for _, _, k in other],
+                                                     predict(predictor, other_images))
+        rows.append((path, predictor, _metadata(path), mnist_acc, user_scores, other_scores, infer_ms))
 
     print(f"MNIST test: {len(mnist_images)} digits as PNG uploads; user-style: {args.user_style} uploads, "
-          f"seed {args.seed}; all through shared.preprocessing.preprocess ({prep_s:.0f} s, shared by all models).\n")
-    print("| model | version | architecture | params | trained (s) | MNIST test | user-style | ms/image (batched) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for path, version, meta, mnist_acc, scores, infer_ms in rows:
-        params = predictor_params[path]
-        print(f"| {path.name} | {version} | {meta.get('architecture', '?')} | {params} | "
-              f"{meta.get('train_seconds', '')} | {mnist_acc:.4f} | {scores['all']:.4f} | {infer_ms:.3f} |")
-    print("\nUser-style accuracy by kind:\n")
-    print("| kind | " + " | ".join(path.name for path, *_ in rows) + " |")
-    print("|---|" + "---:|" * len(rows))
-    for kind in KINDS:
-        print(f"| {kind} | " + " | ".join(f"{scores.get(kind, float('nan')):.3f}" for *_, scores, _ in rows) + " |")
+          f"seed {args.seed}; other writers: {args.other_writers} uploads, seed {args.other_seed}; "
+          f"all through shared.preprocessing.preprocess ({prep_s:.0f} s, shared by all models).\n")
+    print("| model | version | architecture | params | trained (s) | MNIST test | user-style | other writers "
+          "| ms/image (batched) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for path, predictor, meta, mnist_acc, user_scores, other_scores, infer_ms in rows:
+        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | {predictor.params} | "
+              f"{meta.get('train_seconds', '')} | {mnist_acc:.4f} | {user_scores['all']:.4f} | "
+              f"{other_scores['all']:.4f} | {infer_ms:.3f} |")
+    _kind_table("User-style", KINDS, rows, 4)
+    _kind_table("Other-writers", otherwriters.KINDS, rows, 5)
     return 0
 
 

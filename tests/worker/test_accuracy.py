@@ -1,9 +1,11 @@
 """Accuracy of shared.imaging's preprocessing with the real model on real MNIST digits.
 
-Three figures, printed with each run:
+Four figures, printed with each run:
 * raw MNIST test digits uploaded as PNG: preprocessing must keep the model's own accuracy;
 * a seeded set of "user-style" uploads (tests/userstyle.py: photos, scans, drawings);
-* the same set through a resize-only baseline, to show the set is hard.
+* the same set through a resize-only baseline, to show the set is hard;
+* a small fixed part of the "other writers" set (tests/otherwriters.py: low-resolution scans with
+  slants, proportions and pens of their own, issue #13).
 
 The model's error rate is a floor for every figure, so each accuracy is also compared with the
 model's accuracy on the very same digits as clean MNIST: the gap is what preprocessing loses.
@@ -20,6 +22,7 @@ import pytest
 
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
+from tests import otherwriters
 from tests.userstyle import KINDS, accuracy_by_kind, encode_png, resize_only, sample_indices, user_style_set
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,13 @@ KIND_FLOOR = 0.93
 BASELINE_CEILING = 0.6  # the resize-only baseline must fail on the user-style set
 USER_STYLE_N = 2000
 USER_STYLE_SEED = 2024
+# The first 300 uploads of the other-writers set (python -m bench.compare_models scores all 2,000).
+OTHER_WRITERS_N = 300
+OTHER_WRITERS_SEED = otherwriters.DEFAULT_SEED
+# Measured 2026-11-30 on these 300 with models/mnist_model.h5 (seed CNN 2922bda691e9f0f6, deskewed, at commit
+# 0c0f403): 0.9267 (278/300; the same digits as clean MNIST: 0.9867). Threshold: that minus about 2.5 points.
+# Raise it as preprocessing and training improve (issue #13 aims at >= 0.97 on the full set).
+OTHER_WRITERS_FLOOR = 0.90
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +121,17 @@ def test_resize_only_baseline_fails_on_user_style_uploads(predictor, user_style,
     scores = accuracy_by_kind(labels, kinds, predict(predictor, images))
     report(capsys, f"resize-only baseline on the same uploads: {scores['all']:.4f}")
     assert scores["all"] < BASELINE_CEILING
+
+
+def test_other_writers_uploads_stay_above_the_measured_floor(predictor, mnist, capsys):
+    uploads = otherwriters.other_writers_set(mnist.x_test, mnist.y_test, OTHER_WRITERS_N, OTHER_WRITERS_SEED)
+    labels = [label for _, label, _ in uploads]
+    kinds = [kind for _, _, kind in uploads]
+    images, ms = run(preprocess, [data for data, _, _ in uploads])
+    scores = accuracy_by_kind(labels, kinds, predict(predictor, images))
+    clean = mnist.x_test[otherwriters.other_writers_indices(len(mnist.x_test), OTHER_WRITERS_N, OTHER_WRITERS_SEED)]
+    ceiling = float(np.mean(predict(predictor, clean.astype(np.float32) / 255) == np.asarray(labels)))
+    per_kind = ", ".join(f"{kind} {scores[kind]:.3f}" for kind in otherwriters.KINDS)
+    report(capsys, f"other-writers uploads ({OTHER_WRITERS_N}, seed {OTHER_WRITERS_SEED}): {scores['all']:.4f} "
+                   f"(same digits as clean MNIST: {ceiling:.4f}) at {ms:.2f} ms/image; {per_kind}")
+    assert scores["all"] >= OTHER_WRITERS_FLOOR
