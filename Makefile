@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL := models/mnist_model.h5
+STRONG_MODEL := models/mnist_model_strong.h5
 # The team's offline MNIST copy when it sits beside the checkout; elsewhere the trainer downloads MNIST.
 MNIST_DIR ?= $(firstword $(wildcard ../shared/data/mnist))
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help run test check lint lock model migrate bench clean
+.PHONY: help run test check lint lock model model-strong migrate bench clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -46,6 +47,10 @@ $(MODEL): | $(VENV)/.installed-local
 
 model: $(VENV)/.installed-local  ## train the seed CNN into models/mnist_model.h5 (if missing)
 	@$(MAKE) --no-print-directory $(MODEL)
+
+model-strong: $(VENV)/.installed-local  ## train the strong CNN (about 8 min on 2 cores); make run serves it from then on
+	$(PY) -m worker.create_and_train_model $(if $(MNIST_DIR),--data $(MNIST_DIR)) --architecture strong \
+		--output $(STRONG_MODEL) $(TRAIN_ARGS)
 
 run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a worker and Flower :5555
 	$(PY) -m scripts.run_local

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config import REPO_ROOT, quiet_tensorflow_logs
+from shared.config import REPO_ROOT, STRONG_MODEL_PATH, quiet_tensorflow_logs
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
 from tests import otherwriters
@@ -32,7 +32,7 @@ from training.mnist_data import load_idx_dir
 
 log = logging.getLogger("bench.compare_models")
 
-DEFAULT_MODELS = (REPO_ROOT / "models" / "mnist_model.h5", REPO_ROOT / "models" / "mnist_model_strong.h5")
+DEFAULT_MODELS = (REPO_ROOT / "models" / "mnist_model.h5", STRONG_MODEL_PATH)
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 

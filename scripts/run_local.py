@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from shared.config import REPO_ROOT, LocalRunSettings, Settings, child_environment
+from shared.config import REPO_ROOT, STRONG_MODEL_PATH, LocalRunSettings, Settings, child_environment
 from shared.logs import configure_logging
 from shared.migrate import upgrade
 
@@ -251,13 +251,21 @@ def start_redis(stack: Stack, data_dir: Path) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def served_model(settings: Settings) -> Path:
+    """The model to serve: MODEL_PATH if set, else the strong model once it has been trained, else the default."""
+    if "model_path" not in settings.model_fields_set and STRONG_MODEL_PATH.exists():
+        log.info("serving the strong model %s (set MODEL_PATH to choose another)", STRONG_MODEL_PATH)
+        return STRONG_MODEL_PATH
+    return settings.model_path
+
+
 def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_url: str) -> None:
     """Migrate the database, start web, worker and Flower, and say where they are once they listen."""
-    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url)
     # The other fields have defaults or come from the environment (mypy cannot see pydantic's defaults).
-    model_path = Settings(redis_url=redis_url, database_url=database_url).model_path  # type: ignore[call-arg]
+    model_path = served_model(Settings(redis_url=redis_url, database_url=database_url))  # type: ignore[call-arg]
     if not model_path.exists():
         raise SystemExit(f"No model at {model_path}: train it first with `make model`.")
+    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, MODEL_PATH=str(model_path))
     upgrade(database_url)
     flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
     python = sys.executable

@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Where `make model-strong` saves the strong CNN; `make run` serves it, when present, unless MODEL_PATH says otherwise.
+STRONG_MODEL_PATH = REPO_ROOT / "models" / "mnist_model_strong.h5"
+
+
 class Settings(BaseSettings):
     """Configuration of web, worker and migrations; URLs carry credentials, so they have no defaults."""
 

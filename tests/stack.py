@@ -215,7 +215,9 @@ class MakeRun:
         self.env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, PORT=str(self.port),
                                      FLOWER_PORT=str(free_port()), FLOWER_BASIC_AUTH="admin:make-run-test",
                                      DATA_DIR=str(data_dir), QUEUE_NAME=self.queue_name, RATE_LIMIT="",
-                                     WORKER_METRICS_PORT="0", WEB_WORKERS="1", **env)
+                                     WORKER_METRICS_PORT="0", WEB_WORKERS="1",
+                                     # The seed model (make test trains it), even where a strong one was trained.
+                                     **{"MODEL_PATH": str(REPO_ROOT / "models" / "mnist_model.h5"), **env})
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:

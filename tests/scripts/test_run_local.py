@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts import run_local
 from scripts.run_local import (
     HEALTHY_AFTER_S,
     MAX_QUICK_EXITS,
@@ -24,7 +25,7 @@ from scripts.run_local import (
     Stack,
     describe_exit,
 )
-from shared.config import child_environment
+from shared.config import Settings, child_environment
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 CRASHER = [sys.executable, "-c", "raise SystemExit(3)"]
@@ -206,3 +207,17 @@ def test_start_and_stop_work_without_supervising() -> None:
     assert isinstance(proc, subprocess.Popen) and proc.poll() is None
     stack.stop(grace=5)
     assert proc.returncode == -signal.SIGTERM
+
+
+def test_make_run_serves_the_strong_model_once_trained_unless_model_path_says_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    strong = tmp_path / "mnist_model_strong.h5"
+    monkeypatch.setattr(run_local, "STRONG_MODEL_PATH", strong)
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    default = Settings(redis_url="redis://x", database_url="sqlite://")  # type: ignore[call-arg]
+    assert run_local.served_model(default) == default.model_path  # not trained: the seed model
+    strong.write_bytes(b"weights")
+    assert run_local.served_model(default) == strong
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "mine.h5"))
+    chosen = Settings(redis_url="redis://x", database_url="sqlite://")  # type: ignore[call-arg]
+    assert run_local.served_model(chosen) == tmp_path / "mine.h5"
