@@ -30,6 +30,11 @@ _EDGE_RAMP = 0.25
 # Stroke widths in pixels of the 20 px box: MNIST's are 2.4 median, 1.4 at the 1st percentile.
 _MIN_STROKE = 1.4
 _TARGET_STROKE = 2.2
+# Blurred strokes fade unevenly (a thin pen scanned at low resolution): before re-sharpening, each is
+# measured against the strongest ink within this fraction of the crop's long side (about a stroke's width
+# either side at MNIST's scale), but never against less than this fraction of the digit's own level (noise).
+_PEAK_WINDOW = 0.12
+_PEAK_FLOOR = 0.3
 _MIN_SOFT_THRESHOLD = 0.04  # fraction of the ink level always treated as background
 # A connected blob is a speck (dropped) when it is this small relative to the largest blob...
 _SPECK_FRACTION = 0.05
@@ -239,13 +244,22 @@ def _digit_crop(ink: np.ndarray) -> np.ndarray:
     if DIGIT_BOX / max(crop.shape) < 0.5:
         # 6. Well above MNIST's resolution: re-sharpen stroke edges (blur, soft focus) the way
         # MNIST's binary NIST scans were, so the box filter below makes MNIST's anti-aliasing.
-        crop = np.clip((crop - (0.5 - _EDGE_RAMP)) * np.float32(0.5 / _EDGE_RAMP), 0.0, 1.0)
+        crop = np.clip((_even_strokes(crop) - (0.5 - _EDGE_RAMP)) * np.float32(0.5 / _EDGE_RAMP), 0.0, 1.0)
         rows = np.flatnonzero(crop.any(axis=1))
         cols = np.flatnonzero(crop.any(axis=0))
         if rows.size == 0:
             raise ImageRejected("no_ink", "no digit found: the image has no visible ink")
         crop = _thicken_thin_strokes(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
     return crop
+
+
+def _even_strokes(crop: np.ndarray) -> np.ndarray:
+    """Each stretch of stroke measured against its own peak, not the digit's strongest: a faint one is kept whole."""
+    from scipy import ndimage
+
+    size = max(3, round(max(crop.shape) * _PEAK_WINDOW) | 1)
+    peak = ndimage.maximum_filter(crop, size=size)
+    return crop / np.maximum(peak, _PEAK_FLOOR)
 
 
 def _clear_edge_lines(ink: np.ndarray) -> None:

@@ -12,8 +12,8 @@ ARCHITECTURES: dict[str, str] = {"seed": "seed-cnn", "strong": "strong-cnn"}
 DEFAULT_EPOCHS = {"seed": 5, "strong": 10}
 DEFAULT_BATCH_SIZE = {"seed": 32, "strong": 128}
 DEFAULT_MIN_ACCURACY = {"seed": 0.98, "strong": 0.993}
-AUGMENTATION = {
-    "seed": "none",
+AUGMENTATION = {  # the architecture's own, on every batch (training/captures.py adds degraded copies to both)
+    "seed": "",
     "strong": "tf.data, training only: rotation +-12 deg, shift +-3 px, zoom +-10%, "
               "stroke dilation/erosion (2x2 max/min pool) on 30%, 3x3 Gaussian blur on 20%",
 }

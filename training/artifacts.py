@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from training import captures
 from training.architectures import ARCHITECTURES, AUGMENTATION
 from training.fit import VALIDATION_SEED, TrainResult
 from training.mnist_data import Mnist
@@ -82,6 +83,7 @@ def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: 
         "deskew": result.deskewed,
         "epochs": result.epochs,
         "train_samples": result.train_samples,
+        "capture_copies": result.capture_copies,
         "seed": seed,
         "train_seconds": round(result.train_seconds, 2),
         "data_source": mnist.source,
@@ -91,8 +93,10 @@ def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: 
         "keras_version": keras.__version__,
         "python_version": platform.python_version(),
     }
-    if result.architecture != "seed":  # the seed model's metadata keeps its original fields
-        metadata["augmentation"] = AUGMENTATION[result.architecture]
+    # What training saw besides MNIST's digits: the degraded copies, and the architecture's own augmentation.
+    metadata["augmentation"] = [step for step in (captures.RECIPE if result.captures else None,
+                                                  AUGMENTATION[result.architecture]) if step]
+    if result.architecture != "seed":
         metadata["batch_size"] = result.batch_size
         metadata["parameters"] = int(result.model.count_params())
     return metadata

@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: seed 0.98, strong 0.993)")
     parser.add_argument("--no-deskew", dest="deskew", action="store_false",
                         help="train on MNIST's digits as they are, not deskewed (the workers then serve them so)")
+    parser.add_argument("--no-captures", dest="captures", action="store_false",
+                        help="train without the degraded copies of each digit (low-resolution captures, other "
+                             "proportions and stroke widths; training/captures.py)")
     parser.add_argument("--force", action="store_true",
                         help="retrain even if the output file already exists")
     args = parser.parse_args(argv)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     result = train(mnist, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-                   architecture=args.architecture, deskewed=args.deskew)
+                   architecture=args.architecture, deskewed=args.deskew, captures=args.captures)
     if result.test_accuracy < args.min_accuracy:
         # Not saved: a worker must never pick up a model that failed the bar.
         log.error("test accuracy %.4f is below --min-accuracy %.4f; model not saved",

@@ -22,6 +22,7 @@ from training.architectures import (
     build_model,
     build_strong_model,
 )
+from training.captures import with_captures
 from training.mnist_data import Mnist
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,25 @@ class TrainResult:
     test_accuracy: float
     test_samples: int
     train_seconds: float
-    train_samples: int
+    train_samples: int  # MNIST training images (less the held-out ones)
+    capture_copies: int  # degraded copies trained on besides them (training/captures.py)
     epochs: int
     architecture: str = "seed"
     batch_size: int = 32
     deskewed: bool = True
+    captures: bool = True
 
 
-def preprocess(images: Any, deskewed: bool = True) -> Any:
-    """Scale uint8 images (N, 28, 28) to float32 in [0, 1], deskewed if asked, with one channel: (N, 28, 28, 1)."""
-    x = np.asarray(images, dtype=np.float32) / 255.0
-    if deskewed:  # in slices: deskew's intermediates are several times the images' size
-        x = np.concatenate([deskew(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x
+def normalise(x: np.ndarray, deskewed: bool = True) -> np.ndarray:
+    """Float images (N, 28, 28) in [0, 1], deskewed if asked, with one channel: (N, 28, 28, 1)."""
+    if deskewed and len(x):  # in slices: deskew's intermediates are several times the images' size
+        x = np.concatenate([deskew(x[i:i + 4096]) for i in range(0, len(x), 4096)])
     return x[..., np.newaxis]
+
+
+def preprocess(images: Any, deskewed: bool = True) -> np.ndarray:
+    """Scale uint8 images (N, 28, 28) to float32 in [0, 1], deskewed if asked, with one channel: (N, 28, 28, 1)."""
+    return normalise(np.asarray(images, dtype=np.float32) / 255.0, deskewed)
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float = VALIDATION_FRACTION,
@@ -140,10 +147,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = None, seed: int = 1,
-          limit: int | None = None, architecture: str = "seed", deskewed: bool = True) -> TrainResult:
+          limit: int | None = None, architecture: str = "seed", deskewed: bool = True,
+          captures: bool = True) -> TrainResult:
     """Train ``architecture`` on ``mnist``'s training split (its first ``limit`` images if given), less the held-out
     validation images; score it on the test split once. ``deskewed``: train on (and score) deskewed digits, as
-    the workers will then serve them (shared/deskew.py).
+    the workers will then serve them (shared/deskew.py). ``captures``: train on one degraded copy of each training
+    digit too (training/captures.py); validation and test digits stay MNIST's own.
 
     ``epochs`` and ``batch_size`` default to the architecture's own (DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE).
     """
@@ -152,8 +161,12 @@ def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = N
     epochs = epochs or DEFAULT_EPOCHS[architecture]
     batch_size = batch_size or DEFAULT_BATCH_SIZE[architecture]
     _seed_everything(seed)
-    x_all, y_all = mnist.x_train[:limit], mnist.y_train[:limit]
-    x_train, y_train, x_val, y_val = split_validation(preprocess(x_all, deskewed), y_all)
+    x_all = np.asarray(mnist.x_train[:limit], dtype=np.float32) / 255.0
+    x_train, y_train, x_val, y_val = split_validation(x_all, mnist.y_train[:limit])
+    mnist_samples = len(x_train)
+    if captures:
+        x_train, y_train = with_captures(x_train, y_train, seed)
+    x_train, x_val = normalise(x_train, deskewed), normalise(x_val, deskewed)
 
     log.info("training %s on %d %simages (%d held out for validation), %d epoch(s), batch size %d, seed %d",
              ARCHITECTURES[architecture], len(x_train), "deskewed " if deskewed else "", len(x_val), epochs,
@@ -172,5 +185,6 @@ def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = N
     return TrainResult(model=model, validation_loss=float(val_loss), validation_accuracy=float(val_accuracy),
                        validation_samples=len(x_val), test_loss=float(test_loss),
                        test_accuracy=float(test_accuracy), test_samples=len(mnist.x_test),
-                       train_seconds=train_seconds, train_samples=len(x_train), epochs=epochs,
-                       architecture=architecture, batch_size=batch_size, deskewed=deskewed)
+                       train_seconds=train_seconds, train_samples=mnist_samples,
+                       capture_copies=len(x_train) - mnist_samples, epochs=epochs,
+                       architecture=architecture, batch_size=batch_size, deskewed=deskewed, captures=captures)

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFile
+from PIL import Image, ImageDraw, ImageFile, ImageFilter
 
 from shared import imaging, preprocessing
 from shared.config import REPO_ROOT
@@ -390,3 +390,15 @@ def test_a_28px_drawing_of_dark_ink_on_paper_still_goes_through_the_recipe(mnist
     out = preprocess(encode(Image.fromarray(paper_digit), "PNG"))
     assert_mnist_like(out)
     assert corr(out, mnist.x_test[0] / 255.0) > 0.8
+
+
+def test_a_faint_stretch_of_a_blurred_stroke_is_kept_whole():
+    # An enlarged low-resolution capture: one stroke dark, the other faint, both blurred. Measured against the
+    # digit's darkest ink, the faint one would fall under the re-sharpening threshold and vanish.
+    img = Image.new("L", (240, 240), 235)
+    draw = ImageDraw.Draw(img)
+    draw.line([(80, 40), (80, 190)], fill=20, width=12)  # the dark, upright stroke
+    draw.line([(80, 190), (190, 190)], fill=175, width=12)  # the faint foot of an L
+    out = preprocess(encode(img.filter(ImageFilter.GaussianBlur(5)), "PNG"))
+    rows, cols = np.nonzero(out > 0.5)
+    assert cols.max() - cols.min() > 0.6 * (rows.max() - rows.min())  # the foot is there: an L, not an I

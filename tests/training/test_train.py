@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from training import captures
 from training.cli import main
 from training.fit import VALIDATION_SEED
 from training.mnist_data import EXPECTED_SHA256
@@ -21,7 +22,8 @@ OFFLINE_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 METADATA_FIELDS = {
     "model_version", "architecture", "test_accuracy", "test_loss", "test_samples", "validation_accuracy",
-    "validation_loss", "validation_samples", "validation_seed", "deskew", "epochs", "train_samples", "seed",
+    "validation_loss", "validation_samples", "validation_seed", "deskew", "augmentation", "capture_copies", "epochs",
+    "train_samples", "seed",
     "train_seconds", "data_source", "data_sha256", "trained_at", "tensorflow_version", "keras_version",
     "python_version",
 }
@@ -64,6 +66,8 @@ def test_metadata_describes_the_saved_file(trained: Path) -> None:
     assert (metadata["train_samples"], metadata["validation_samples"], metadata["test_samples"]) == (2750, 250, 10000)
     assert metadata["validation_seed"] == VALIDATION_SEED
     assert metadata["deskew"] is True  # trained on deskewed digits: workers serve it deskewed ones
+    assert metadata["augmentation"] == [captures.RECIPE]  # the seed CNN's only augmentation: degraded copies
+    assert 2500 <= metadata["capture_copies"] <= 2750  # one per training image, less the few preprocessing refuses
     assert 0.80 <= metadata["validation_accuracy"] <= 1.0
     assert metadata["data_sha256"] == EXPECTED_SHA256
     assert datetime.fromisoformat(metadata["trained_at"]).utcoffset().total_seconds() == 0
@@ -147,7 +151,8 @@ def test_strong_metadata(trained_strong: Path) -> None:
     assert metadata["epochs"] == 1 and metadata["batch_size"] == 32
     assert (metadata["train_samples"], metadata["validation_samples"]) == (1833, 167)
     assert 0.5 <= metadata["test_accuracy"] <= 1.0
-    assert "rotation" in metadata["augmentation"] and metadata["parameters"] > 0
+    assert metadata["augmentation"][0] == captures.RECIPE and "rotation" in metadata["augmentation"][1]
+    assert metadata["parameters"] > 0
 
 
 def test_per_architecture_defaults() -> None:

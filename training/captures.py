@@ -1,0 +1,111 @@
+"""Augmentation for digits captured unlike MNIST's: other writers' proportions and stroke widths, low-resolution
+scans with few grey levels, enlarged so that strokes come out thick and blurry.
+
+Each training digit gets one degraded copy, drawn by a seeded generator, which is then enlarged like an
+upload and put through the workers' own preprocessing (shared/preprocessing.py): the model learns such
+captures as it will be served them, re-sharpened and refitted, not as raw blur. Slant needs no
+augmentation: deskewing removes it from training and served digits alike. The model's layers, optimiser
+and epochs stay as they are. The recipe is written from what such captures do, not fitted to any
+evaluation set; the copies are made in a few processes, deterministically for a seed.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+from PIL import Image
+
+from shared.imaging import ImageRejected
+from shared.preprocessing import preprocess_gray
+
+# The steps, for the metadata: what training saw besides MNIST's own digits.
+RECIPE = ("one degraded copy of every training digit: width x0.65-1.4 (the writer's proportions); "
+          "strokes thicker (2x2 max) or thinner (2x2 min) on a third each; on 80%, a low-resolution "
+          "capture (the 28 px image box-averaged to 9-20 px, so a 20 px digit to 6-14 px; 16 grey levels; "
+          "enlarged back bilinearly); then enlarged to 84 px and put through the workers' preprocessing")
+_WIDTHS = (0.65, 1.4)  # width against height, as writers' proportions differ from MNIST's
+_LOW_RESOLUTION_SHARE = 0.8
+_SCAN_SIDES = (9, 20)  # the 28 px image scanned at this many px (inclusive): the 20 px digit at 6-14 px
+_LEVELS = 16
+_UPLOAD_SIDE = 84  # well above MNIST's 28 px: preprocessing treats the copy as a capture (re-sharpens it)
+_CHUNKS = 16  # fixed, so the copies are the same whatever the number of processes
+_MAX_PROCESSES = 4
+
+
+def _stretch_width(image: np.ndarray, factor: float) -> np.ndarray:
+    """The digit made narrower or wider about its centre of mass, each row resampled linearly."""
+    total = image.sum()
+    if total <= 0:
+        return image
+    xs = np.arange(image.shape[1], dtype=np.float32)
+    cx = float((image.sum(axis=0) * xs).sum() / total)
+    source = cx + (xs - cx) / factor
+    return np.stack([np.interp(source, xs, row, left=0.0, right=0.0) for row in image]).astype(np.float32)
+
+
+def _stroke(image: np.ndarray, choice: float) -> np.ndarray:
+    """Thicker strokes (2x2 max) on a third, thinner (2x2 min) on a third, the rest as they are."""
+    padded = np.pad(image, ((0, 1), (0, 1)))
+    windows = np.stack([padded[:-1, :-1], padded[1:, :-1], padded[:-1, 1:], padded[1:, 1:]])
+    if choice < 1 / 3:
+        return windows.max(axis=0)
+    if choice < 2 / 3:
+        return windows.min(axis=0)
+    return image
+
+
+def _low_resolution(image: np.ndarray, side: int) -> np.ndarray:
+    """A scan at `side` px (box-averaged), quantised to 16 grey levels, enlarged back with smoothing."""
+    size = image.shape[::-1]
+    small = Image.fromarray((image * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BOX)
+    levels = np.round(np.asarray(small, np.float32) / 255 * (_LEVELS - 1)) / (_LEVELS - 1)
+    back = Image.fromarray((levels * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(back, np.float32) / 255
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One degraded copy of a 28x28 digit in [0, 1], its ink level brought back to 1."""
+    out = _stretch_width(image, float(rng.uniform(*_WIDTHS)))
+    out = _stroke(out, float(rng.random()))
+    if rng.random() < _LOW_RESOLUTION_SHARE:
+        out = _low_resolution(out, int(rng.integers(_SCAN_SIDES[0], _SCAN_SIDES[1] + 1)))
+    peak = float(out.max())
+    return (out / peak if peak > 0 else out).astype(np.float32)
+
+
+def as_served(image: np.ndarray) -> np.ndarray | None:
+    """A 28x28 digit enlarged like an upload and read by the workers' preprocessing; None if they would refuse it."""
+    upload = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    try:
+        return preprocess_gray(np.asarray(upload.resize((_UPLOAD_SIDE,) * 2, Image.Resampling.BILINEAR)))
+    except ImageRejected:
+        return None
+
+
+def _copies(job: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Served degraded copies of a chunk of digits, and the indices (in the chunk) of those kept."""
+    images, seed = job
+    rng = np.random.default_rng(seed)
+    served, kept = [], []
+    for i, image in enumerate(images):
+        copy = as_served(degrade(image, rng))
+        if copy is not None:
+            served.append(copy)
+            kept.append(i)
+    return np.asarray(served, dtype=np.float32).reshape(-1, 28, 28), np.asarray(kept, dtype=np.int64)
+
+
+def with_captures(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The digits (N, 28, 28) in [0, 1] followed by a served degraded copy of each; their labels likewise."""
+    chunks = [c for c in np.array_split(np.arange(len(x)), _CHUNKS) if len(c)]
+    jobs = [(x[c], seed * 1_000 + i) for i, c in enumerate(chunks)]
+    processes = min(_MAX_PROCESSES, len(os.sched_getaffinity(0)), len(jobs)) or 1
+    # spawn: the training process may already hold TensorFlow's threads, which a fork would not carry over.
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(_copies, jobs))
+    copies = [images for images, _ in results]
+    labels = [y[c][kept] for c, (_, kept) in zip(chunks, results, strict=True)]
+    return np.concatenate([x, *copies]), np.concatenate([y, *labels])
