@@ -68,8 +68,29 @@ class Settings(BaseSettings):
                           "started, and the age after which a message found nowhere in Redis counts as lost")
     max_attempts: int = Field(5, description="Deliveries: workers that started an upload and died or timed out "
                                              "before it ends as FAILURE (poison)")
+    idempotency_ttl_seconds: int = Field(
+        24 * 3600, description="How long an Idempotency-Key on POST /predict is remembered, in seconds")
+    image_retention_seconds: float | None = Field(
+        7 * 24 * 3600.0, description="Image bytes of final uploads are removed this long after they finished (the "
+                                     "row and its answer stay, marked data_removed); empty = kept forever")
+    row_retention_seconds: float | None = Field(
+        None, description="Whole final uploads are deleted this long after they finished; empty = kept forever")
+    webhook_secret: str | None = Field(
+        None, description="Signs webhooks (Standard Webhooks): whsec_ + base64 of 24+ random bytes; unset = uploads "
+                          "with a webhook are refused")
+    webhook_allowed_hosts: str = Field(
+        "", description="Comma-separated hosts a webhook may reach although they resolve to a loopback, private or "
+                        "link-local address (an internal receiver); by default none")
+    webhook_max_attempts: int = Field(
+        8, description="Attempts per webhook before it is given up (the back-off between them spans hours)")
+    webhook_senders: int = Field(4, description="Webhook deliveries a worker process makes at once, apart from batches")
     admin_basic_auth: str | None = Field(
         None, description="user:password that lists every visitor's uploads on GET /predictions; unset = nobody")
+
+    @property
+    def allowed_webhook_hosts(self) -> frozenset[str]:
+        """WEBHOOK_ALLOWED_HOSTS as a set of lower-case host names or addresses."""
+        return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
 
     @property
     def max_request_bytes(self) -> int:

@@ -1,13 +1,16 @@
 """The life of a prediction: the ONLY code that moves an upload between states.
 
     record ──▶ PENDING ──claim──▶ STARTED (leased) ──finish──▶ SUCCESS | FAILURE   (final: never written again)
-                  ▲                    │ lease expired, or released after an error
-                  └────────────────────┘ ... after MAX_ATTEMPTS deliveries: FAILURE (poison)
+                  ▲  │                 │ lease expired, or released after an error
+                  └──┼─────────────────┘ ... after MAX_ATTEMPTS deliveries: FAILURE (poison)
+                     └─cancel (PENDING or STARTED)─▶ CANCELED                     (final: the claim is fenced)
 
 Every write is guarded by what the writer saw (the state, the delivery count, the claim's token), so a
 redelivered message, a second recovery or a worker that wakes up after its lease ran out can never
 overwrite a newer state. The web records and enqueues; workers claim, finish and release; recovery
-expires claims and re-enqueues lost uploads. Redis only caches final documents (shared/statuses.py).
+expires claims and marks lost uploads re-enqueued (shared/queue.py sends). Redis only caches final documents
+(shared/statuses.py reads through it).
+A state that asks for a webhook schedules its delivery in the same transaction (shared/deliveries.py).
 """
 
 from __future__ import annotations
@@ -22,22 +25,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from celery import Celery
-from redis import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 
+from shared.deliveries import Event, reports, schedule
 from shared.schema import FINAL_STATES, STATUS_COLUMNS, Prediction, State, status_document, utcnow
-from shared.statuses import cache_final, cached_final
-from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 
 log = logging.getLogger(__name__)
 
 TABLE = cast(Table, Prediction.__table__)
 COLUMNS = TABLE.c
 STATUS_SELECT = [COLUMNS[name] for name in STATUS_COLUMNS]
-CHUNK = 64  # task ids per message when several are enqueued at once
 
 
 def _claimable(now: datetime) -> Any:
@@ -56,10 +54,12 @@ class NewUpload:
     width: int | None
     height: int | None
     owner: str | None = None
+    webhook_url: str | None = None
+    webhook_events: str | None = None  # comma-separated, e.g. "start,completed"; None with no webhook
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-# --- the web: record, enqueue (or withdraw), read -------------------------------------------------------
+# --- the web: record (or withdraw), cancel ----------------------------------------------------------------
 
 
 def record(conn: Connection, uploads: Sequence[NewUpload], queue: str) -> list[dict[str, Any]]:
@@ -69,7 +69,8 @@ def record(conn: Connection, uploads: Sequence[NewUpload], queue: str) -> list[d
         {"task_id": u.task_id, "state": State.PENDING.value, "image": u.data,
          "image_sha256": hashlib.sha256(u.data).hexdigest(), "filename": u.filename,
          "content_type": u.content_type, "size_bytes": len(u.data), "width": u.width, "height": u.height,
-         "created_at": now, "enqueued_at": now, "deliveries": 0, "queue": queue, "owner": u.owner}
+         "created_at": now, "enqueued_at": now, "deliveries": 0, "queue": queue, "owner": u.owner,
+         "webhook_url": u.webhook_url, "webhook_events": u.webhook_events}
         for u in uploads
     ]
     conn.execute(insert(TABLE), rows)
@@ -79,44 +80,6 @@ def record(conn: Connection, uploads: Sequence[NewUpload], queue: str) -> list[d
 def withdraw(conn: Connection, task_ids: Sequence[str]) -> None:
     """Forget uploads that could not be enqueued: they were never accepted (the client got a 503)."""
     conn.execute(delete(TABLE).where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.state == State.PENDING.value))
-
-
-def enqueue(producer: Celery, queue: str, task_ids: Sequence[str], retry_policy: Mapping[str, Any] | None = None
-            ) -> None:
-    """Put uploads on the queue: one upload as its own task (its id is the task's), several as batch messages."""
-    options: dict[str, Any] = {"queue": queue}
-    if retry_policy is not None:
-        options |= {"retry": True, "retry_policy": dict(retry_policy)}
-    if len(task_ids) == 1:
-        producer.send_task(PREDICT_TASK, args=[task_ids[0]], task_id=task_ids[0], **options)
-        return
-    for start in range(0, len(task_ids), CHUNK):
-        producer.send_task(PREDICT_BATCH_TASK, args=[list(task_ids[start:start + CHUNK])], **options)
-
-
-def read(conn: Connection, redis: Redis, task_ids: Sequence[str], ttl_seconds: int) -> dict[str, dict[str, Any]]:
-    """Status documents by id: final ones from the Redis cache, the rest from MySQL; unknown ids left out.
-
-    A document that is not final is never taken from Redis, so a read can never report an older state than
-    the row holds (a worker may die between its MySQL commit and its Redis write); a final row found missing
-    from the cache is put back.
-    """
-    try:
-        docs = cached_final(redis, task_ids)
-    except (RedisError, OSError) as exc:
-        log.warning("Redis unavailable, reading statuses from the database: %s", exc)
-        docs = {}
-    missing = [t for t in task_ids if t not in docs]
-    if not missing:
-        return docs
-    stored = stored_documents(conn, missing)
-    repair = [doc for doc in stored.values() if doc["state"] in FINAL_STATES]
-    if repair:
-        try:
-            cache_final(redis, repair, ttl_seconds)
-        except (RedisError, OSError) as exc:  # the answer is right anyway; the next read tries again
-            log.warning("could not repair the status cache: %s", exc)
-    return docs | stored
 
 
 # --- workers: look up, claim, finish, release, renew ------------------------------------------------------
@@ -147,9 +110,23 @@ def look_up(conn: Connection, task_ids: Sequence[str]) -> dict[str, Found]:
 
 
 def stored_documents(conn: Connection, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The status documents the database holds for these ids."""
-    query = select(*STATUS_SELECT).where(COLUMNS.task_id.in_(list(task_ids)))
-    return {row.task_id: status_document(row._mapping) for row in conn.execute(query)}
+    """The status documents the database holds for these ids, with their webhooks' deliveries."""
+    rows = conn.execute(select(*STATUS_SELECT).where(COLUMNS.task_id.in_(list(task_ids)))).all()
+    hooked = [row.task_id for row in rows if row.webhook_url]
+    found = reports(conn, hooked) if hooked else {}
+    return {row.task_id: status_document(row._mapping, found.get(row.task_id)) for row in rows}
+
+
+@dataclass(frozen=True)
+class Hook:
+    """Where an upload's webhook goes, and for which events."""
+
+    url: str
+    events: str  # comma-separated
+
+    def wants(self, event: str) -> bool:
+        """Whether the client asked for this event."""
+        return event in self.events.split(",")
 
 
 @dataclass(frozen=True)
@@ -159,6 +136,7 @@ class Claim:
     token: str
     images: dict[str, bytes]
     created_at: dict[str, datetime]
+    hooks: dict[str, Hook] = field(default_factory=dict)  # the claimed uploads that asked for a webhook
 
 
 def claim(conn: Connection, task_ids: Sequence[str], deliveries: int, worker: str, lease_seconds: float) -> Claim:
@@ -173,9 +151,26 @@ def claim(conn: Connection, task_ids: Sequence[str], deliveries: int, worker: st
                  .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.deliveries == deliveries, _claimable(now))
                  .values(state=State.STARTED.value, claim_token=token, deliveries=COLUMNS.deliveries + 1,
                          lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now, worker=worker))
-    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.image, COLUMNS.created_at)
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.image, COLUMNS.created_at, COLUMNS.webhook_url,
+                               COLUMNS.webhook_events)
                         .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.claim_token == token)).all()
-    return Claim(token, {r.task_id: r.image for r in rows}, {r.task_id: r.created_at for r in rows})
+    hooks = {r.task_id: Hook(r.webhook_url, r.webhook_events or "completed") for r in rows if r.webhook_url}
+    claimed = Claim(token, {r.task_id: r.image for r in rows}, {r.task_id: r.created_at for r in rows}, hooks)
+    started = [Event(t, "start", hook.url, _started_document(claimed, t)) for t, hook in hooks.items()
+               if hook.wants("start")]
+    schedule(conn, started)
+    return claimed
+
+
+def _started_document(claimed: Claim, task_id: str) -> dict[str, Any]:
+    return status_document({"task_id": task_id, "state": State.STARTED.value,
+                            "created_at": claimed.created_at.get(task_id)})
+
+
+def _schedule_completed(conn: Connection, docs: Mapping[str, dict[str, Any]]) -> None:
+    """Schedule the `completed` webhook of uploads that just became final and asked for one."""
+    schedule(conn, [Event(t, "completed", doc["webhook"]["url"], doc) for t, doc in docs.items()
+                               if doc.get("webhook") and "completed" in doc["webhook"]["events"]])
 
 
 def finish(conn: Connection, claim: Claim, results: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -188,17 +183,46 @@ def finish(conn: Connection, claim: Claim, results: Mapping[str, dict[str, Any]]
     if not values:
         return {}
     if _write_results(conn, claim.token, values):
-        return {task_id: status_document({"task_id": task_id, "created_at": claim.created_at.get(task_id), **row})
+        docs = {task_id: status_document({"task_id": task_id, "created_at": claim.created_at.get(task_id), **row,
+                                          **_hook_values(claim.hooks.get(task_id))})
                 for task_id, row in values.items()}
-    # Some claims were taken over: what the database holds is the truth.
-    return stored_documents(conn, values)
+        ours = docs
+    else:
+        # Some claims were taken over (cancelled, deleted, or expired and claimed again): the database is the truth.
+        _drop_ghosts(conn, list(values))
+        docs = stored_documents(conn, values)
+        mine = _still_claimed(conn, claim.token, list(docs))
+        ours = {t: doc for t, doc in docs.items() if t in mine and doc["state"] in FINAL_STATES}
+    if claim.hooks:
+        _schedule_completed(conn, {t: doc for t, doc in ours.items() if t in claim.hooks})
+    return docs
+
+
+def _hook_values(hook: Hook | None) -> dict[str, Any]:
+    return {} if hook is None else {"webhook_url": hook.url, "webhook_events": hook.events}
+
+
+def _still_claimed(conn: Connection, token: str, task_ids: list[str]) -> set[str]:
+    """The ids whose row this claim still holds (its write went in)."""
+    if not task_ids:
+        return set()
+    query = select(COLUMNS.task_id).where(COLUMNS.task_id.in_(task_ids), COLUMNS.claim_token == token)
+    return {r.task_id for r in conn.execute(query)}
+
+
+def _drop_ghosts(conn: Connection, task_ids: list[str]) -> None:
+    """Remove rows that the MySQL upsert inserted for uploads deleted while claimed (never committed)."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        conn.execute(delete(TABLE).where(COLUMNS.task_id.in_(task_ids), COLUMNS.size_bytes == 0,
+                                         COLUMNS.image_sha256 == ""))
 
 
 def _write_results(conn: Connection, token: str, values: Mapping[str, Mapping[str, Any]]) -> bool:
     """Write final values where the claim still holds; False if some row was taken over (or already final)."""
     if conn.dialect.name in ("mysql", "mariadb"):
         first = next(iter(values.values()))
-        # Placeholders for the NOT NULL columns of the (never taken) insert path.
+        # Placeholders for the NOT NULL columns of the insert path, taken only for an upload deleted while
+        # claimed: _drop_ghosts removes such a row again in the same transaction.
         filler = {"image": b"", "image_sha256": "", "size_bytes": 0, "created_at": first["finished_at"]}
         rows = [{"task_id": t, "claim_token": token, **filler, **v} for t, v in values.items()]
         # Affected rows: 2 for each row updated, 1 for a row left as it was (CLIENT_FOUND_ROWS).
@@ -267,7 +291,38 @@ def fail_poison(conn: Connection, found: Iterable[Found]) -> dict[str, dict[str,
                                     finished_at=utcnow(), lease_expires_at=None)).rowcount
         if done:
             failed.append(item.task_id)
-    return stored_documents(conn, failed) if failed else {}
+    docs = stored_documents(conn, failed) if failed else {}
+    _schedule_completed(conn, docs)
+    return docs
+
+
+CANCELED_REASON = "Canceled on request before it was read."
+
+
+@dataclass(frozen=True)
+class Canceled:
+    """What a cancel found: the upload's document now, and whether this cancel ended it."""
+
+    document: dict[str, Any]
+    changed: bool
+
+
+def cancel(conn: Connection, task_id: str, owner: str | None) -> Canceled | None:
+    """Cancel an unfinished upload of this owner (None: an operator, any owner's); None if unknown or not theirs.
+
+    PENDING or STARTED becomes CANCELED and the claim is cleared: a worker still predicting it finds its claim
+    gone, so its final write changes nothing, and a message still queued for it is skipped.
+    """
+    mine = [COLUMNS.task_id == task_id, *([COLUMNS.owner == owner] if owner is not None else [])]
+    if conn.execute(select(COLUMNS.id).where(*mine)).first() is None:
+        return None
+    done = conn.execute(update(TABLE).where(*mine, COLUMNS.state.in_([State.PENDING.value, State.STARTED.value]))
+                        .values(state=State.CANCELED.value, finished_at=utcnow(), claim_token=None,
+                                lease_expires_at=None, error=CANCELED_REASON)).rowcount
+    docs = stored_documents(conn, [task_id])
+    if done:
+        _schedule_completed(conn, docs)
+    return Canceled(docs[task_id], bool(done))
 
 
 # --- recovery: expired claims, lost messages --------------------------------------------------------------

@@ -1,9 +1,16 @@
-"""The Celery configuration shared by the web (producer) and the workers (consumers), and the queue's length."""
+"""The Celery configuration shared by the web (producer) and the workers (consumers), enqueueing, the queue's length."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from celery import Celery
 from redis import Redis
+
+from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
+
+CHUNK = 64  # task ids per message when several are enqueued at once
 
 
 def queue_length(client: Redis, queue: str) -> int:
@@ -41,3 +48,16 @@ def make_celery(redis_url: str, queue_name: str, main: str = "digits") -> Celery
         timezone="UTC",
     )
     return app
+
+
+def enqueue(producer: Celery, queue: str, task_ids: Sequence[str], retry_policy: Mapping[str, Any] | None = None
+            ) -> None:
+    """Put uploads on the queue: one upload as its own task (its id is the task's), several as batch messages."""
+    options: dict[str, Any] = {"queue": queue}
+    if retry_policy is not None:
+        options |= {"retry": True, "retry_policy": dict(retry_policy)}
+    if len(task_ids) == 1:
+        producer.send_task(PREDICT_TASK, args=[task_ids[0]], task_id=task_ids[0], **options)
+        return
+    for start in range(0, len(task_ids), CHUNK):
+        producer.send_task(PREDICT_BATCH_TASK, args=[list(task_ids[start:start + CHUNK])], **options)

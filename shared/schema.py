@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
@@ -22,15 +22,20 @@ class State(enum.StrEnum):
 
     PENDING (recorded, a message on the queue) -> STARTED (claimed by a worker, under a lease it renews)
     -> SUCCESS or FAILURE (final: never written again). An expired lease sends a row back to PENDING.
+    PENDING or STARTED -> CANCELED when its owner or an operator cancels it (final too: a worker's claim on it
+    is fenced, so its late write changes nothing).
     """
 
     PENDING = "PENDING"
     STARTED = "STARTED"
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
+    CANCELED = "CANCELED"
 
 
-FINAL_STATES = frozenset({State.SUCCESS, State.FAILURE})
+FINAL_STATES = frozenset({State.SUCCESS, State.FAILURE, State.CANCELED})
+# BIGINT ids on the server; SQLite autoincrements only a column declared INTEGER.
+BIGINT = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -59,6 +64,9 @@ class Prediction(Base):
         Index("ix_predictions_queue_state_lease", "queue", "state", "lease_expires_at"),
         # A visitor's history: their rows, newest first.
         Index("ix_predictions_owner_id", "owner", "id"),
+        # Retention: final rows whose image is still kept, oldest first; and final rows by age.
+        Index("ix_predictions_retention", "data_removed_at", "finished_at"),
+        Index("ix_predictions_finished_at", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -98,19 +106,86 @@ class Prediction(Base):
     preprocess_ms: Mapped[float | None] = mapped_column(Double)
     inference_ms: Mapped[float | None] = mapped_column(Double)
     worker: Mapped[str | None] = mapped_column(String(255))
+    # When retention removed the image's bytes (the row and its answer stay); NULL while it is kept.
+    data_removed_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
+    # Where to POST the final status document, and which events (comma-separated: start, completed).
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[str | None] = mapped_column(String(32))
 
-    def status_document(self) -> dict[str, Any]:
+    def status_document(self, webhook: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The API's status shape; the worker stores the same dict in Redis."""
-        return status_document({name: getattr(self, name) for name in STATUS_COLUMNS})
+        return status_document({name: getattr(self, name) for name in STATUS_COLUMNS}, webhook)
 
 
 STATUS_COLUMNS = ("task_id", "state", "digit", "confidence", "probabilities", "model_name", "model_version",
-                  "error", "created_at", "finished_at")
+                  "error", "created_at", "finished_at", "data_removed_at", "webhook_url", "webhook_events")
 
 
-def status_document(values: Mapping[Any, Any]) -> dict[str, Any]:
-    """The API's status shape from a row's values (missing ones are None)."""
-    doc = {name: values.get(name) for name in STATUS_COLUMNS}
+def status_document(values: Mapping[Any, Any], webhook: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The API's status shape from a row's values (missing ones are None) and its webhook's delivery, if any.
+
+    `webhook` is the delivery of the `completed` event as shared/deliveries.py reports it; an upload that asked
+    for a webhook whose final state is not committed yet has none, and reads as not yet delivered.
+    """
+    doc = {name: values.get(name) for name in STATUS_COLUMNS[:10]}
     doc["created_at"] = iso(doc["created_at"])
     doc["finished_at"] = iso(doc["finished_at"])
+    doc["data_removed"] = values.get("data_removed_at") is not None
+    url = values.get("webhook_url")
+    doc["webhook"] = None if not url else {
+        "url": url, "events": (values.get("webhook_events") or "completed").split(","),
+        "state": "PENDING", "attempts": 0, "last_status": None, "delivered": False, **(webhook or {})}
     return doc
+
+
+def settled(doc: Mapping[str, Any]) -> bool:
+    """Whether a status document will never change again (final, and its webhook no longer being tried).
+
+    Only settled documents are cached; retention and deletion remove their cached copies themselves.
+    """
+    hook = doc.get("webhook")
+    return doc.get("state") in FINAL_STATES and (not hook or hook.get("state") != "PENDING")
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key on POST /predict: which request it named and which uploads it made."""
+
+    __tablename__ = "idempotency_keys"
+    # One key per owner: a second INSERT of the same pair waits for the first transaction, then fails.
+    __table_args__ = (UniqueConstraint("owner", "idem_key", name="uq_idempotency_keys_owner_key"),)
+
+    id: Mapped[int] = mapped_column(BIGINT, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64), nullable=False)
+    idem_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    # SHA-256 of what the request asked for (its files and fields): the same key with another request is refused.
+    request_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    task_ids: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP, nullable=False, default=utcnow, index=True)
+
+
+class WebhookDelivery(Base):
+    """One webhook event of one upload, delivered at least once: its state lives here, not in Redis."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("task_id", "event", name="uq_webhook_deliveries_task_event"),
+        # The senders' question: which deliveries are due?
+        Index("ix_webhook_deliveries_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGINT, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    event: Mapped[str] = mapped_column(String(16), nullable=False)
+    url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    # The JSON body, fixed when the event happened: every retry sends (and signs) the same bytes and webhook-id.
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # PENDING, DELIVERED or FAILED (gave up)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    next_attempt_at: Mapped[datetime] = mapped_column(TIMESTAMP, nullable=False)
+    # A sender's hold on it while it tries: another sender takes it over only after this (a killed worker).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)
+    lease_token: Mapped[str | None] = mapped_column(String(32))  # fences what the holding sender records
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP, nullable=False, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(TIMESTAMP)

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 
-from shared import predictions
+from shared import predictions, statuses
 from shared.config import Settings
 from shared.imaging import ImageLimits, ImageRejected, inspect_image
 from shared.queue import queue_length
@@ -142,7 +142,7 @@ def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Status documents by id (final ones from the Redis cache, the rest from MySQL); unknown ids left out."""
     # A connection per read, so a long poll never keeps reading one stale snapshot of the table.
     with db.engine().connect() as conn:
-        return predictions.read(conn, db.redis_client(), task_ids, db.settings().result_ttl_seconds)
+        return statuses.read(conn, db.redis_client(), task_ids, db.settings().result_ttl_seconds)
 
 
 def _wait_for(task_ids: list[str], wait: float, until: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from shared import predictions
 from shared.batching import Batcher
+from shared.queue import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Ingest:
             rows = predictions.record(conn, uploads, self._queue)
         ids = [row["task_id"] for row in rows]
         try:
-            predictions.enqueue(self._producer, self._queue, ids, self._retry_policy)
+            enqueue(self._producer, self._queue, ids, self._retry_policy)
         except (KombuOperationalError, RedisError, OSError) as exc:
             log.error("could not enqueue %d upload(s): %s", len(ids), exc)
             # Not queued, so not accepted: remove the rows so they never look like work in progress.

@@ -17,10 +17,9 @@ from celery.signals import (
 )
 from prometheus_client import start_http_server
 
-from shared import predictions
 from shared.config import get_settings
 from shared.logs import formatter
-from shared.queue import make_celery
+from shared.queue import enqueue, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def _warm_up(serve_metrics: bool) -> None:
 
 def _enqueue(task_ids: Sequence[str]) -> None:
     """Put lost uploads back on the queue (recovery's way of re-enqueuing)."""
-    predictions.enqueue(app, settings.queue_name, task_ids)
+    enqueue(app, settings.queue_name, task_ids)
 
 
 @worker_process_init.connect

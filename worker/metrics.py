@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.schema import State
+
 INFERENCE = Histogram("digits_inference_seconds", "One model call for a batch",
                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
 BATCH_SIZE = Histogram("digits_batch_size", "Uploads per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
@@ -18,6 +20,10 @@ QUEUE_WAIT = Histogram("digits_queue_wait_seconds", "From the upload's record to
 PREDICTIONS = Counter("digits_predictions_total", "Successful predictions by digit", ["digit"])
 FAILURES = Counter("digits_failures_total", "Uploads that ended as FAILURE")
 MODEL = Gauge("digits_model_info", "The model this worker serves (value 1)", ["version", "device"])
+PURGED = Counter("digits_purged_total", "What retention removed: image bytes, whole rows, idempotency keys",
+                 ["what"])
+WEBHOOK_ATTEMPTS = Counter("digits_webhook_attempts_total", "Webhook POSTs by outcome: delivered, retry, gave_up",
+                           ["outcome"])
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -31,9 +37,9 @@ def observe_batch(size: int, seconds: float, docs: Iterable[dict[str, Any]]) -> 
     BATCH_SIZE.observe(size)
     BATCH_SECONDS.observe(seconds)
     for doc in docs:
-        if doc["state"] == "SUCCESS":
+        if doc["state"] == State.SUCCESS:
             PREDICTIONS.labels(digit=str(doc["digit"])).inc()
-        elif doc["state"] == "FAILURE":
+        elif doc["state"] == State.FAILURE:
             FAILURES.inc()
         wait = _seconds(doc.get("created_at"), doc.get("finished_at"))
         if wait is not None:

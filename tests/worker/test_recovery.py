@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from shared import predictions
 from shared.config import Settings
-from shared.queue import make_celery
+from shared.queue import enqueue, make_celery
 from shared.schema import Prediction, State, utcnow
 from shared.statuses import status_key
 from worker.recovery import UNACKED_INDEX_KEY, Recovery, RecoveryLoop, Snapshot
@@ -39,7 +39,7 @@ def cache(settings: Settings) -> redis.Redis:
 def recovery(settings: Settings, db_engine, cache, producer) -> Recovery:
     """Recovery of the test's queue, re-enqueuing through the real producer."""
     return Recovery(db_engine, cache, settings.queue_name,
-                    lambda ids: predictions.enqueue(producer, settings.queue_name, ids),
+                    lambda ids: enqueue(producer, settings.queue_name, ids),
                     AFTER, MAX_ATTEMPTS, lambda docs: None)
 
 
@@ -79,8 +79,8 @@ def _messages(cache, queue: str) -> list[str]:
 def test_uploads_waiting_on_the_queue_are_never_touched_however_long_they_wait(
         settings, db_sessions, producer, cache, recovery):
     ids = [_row(db_sessions, settings.queue_name, enqueued_s_ago=3600) for _ in range(5)]
-    predictions.enqueue(producer, settings.queue_name, ids[:1])
-    predictions.enqueue(producer, settings.queue_name, ids[1:])
+    enqueue(producer, settings.queue_name, ids[:1])
+    enqueue(producer, settings.queue_name, ids[1:])
 
     for _ in range(3):
         result = recovery.sweep()
@@ -109,7 +109,7 @@ def test_an_upload_whose_message_is_gone_is_sent_again_once_seen_missing_twice(
 def test_a_message_held_too_long_by_a_dead_worker_goes_back_on_the_queue(
         settings, db_sessions, producer, cache, recovery):
     held = _row(db_sessions, settings.queue_name)
-    predictions.enqueue(producer, settings.queue_name, [held])
+    enqueue(producer, settings.queue_name, [held])
     _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
     assert cache.llen(settings.queue_name) == 0
 
@@ -122,7 +122,7 @@ def test_a_message_held_too_long_by_a_dead_worker_goes_back_on_the_queue(
 
 def test_a_message_a_worker_took_moments_ago_is_left_with_it(settings, db_sessions, producer, cache, recovery):
     held = _row(db_sessions, settings.queue_name)
-    predictions.enqueue(producer, settings.queue_name, [held])
+    enqueue(producer, settings.queue_name, [held])
     _reserve(producer, settings.queue_name, held_s_ago=1)
 
     for _ in range(2):
@@ -133,7 +133,7 @@ def test_a_message_a_worker_took_moments_ago_is_left_with_it(settings, db_sessio
 
 def test_an_expired_claim_goes_back_to_pending_with_its_message(settings, db_sessions, producer, cache, recovery):
     stalled = _row(db_sessions, settings.queue_name, state="STARTED", deliveries=1, lease_s=-1)
-    predictions.enqueue(producer, settings.queue_name, [stalled])
+    enqueue(producer, settings.queue_name, [stalled])
     _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
 
     result = recovery.sweep()
@@ -146,7 +146,7 @@ def test_an_expired_claim_goes_back_to_pending_with_its_message(settings, db_ses
 
 def test_a_live_claim_is_left_alone_even_when_its_message_is_old(settings, db_sessions, producer, cache, recovery):
     busy = _row(db_sessions, settings.queue_name, state="STARTED", deliveries=1, lease_s=60)
-    predictions.enqueue(producer, settings.queue_name, [busy])
+    enqueue(producer, settings.queue_name, [busy])
     _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
 
     result = recovery.sweep()
@@ -191,7 +191,7 @@ def test_one_process_per_queue_holds_the_recovery_lock_and_keeps_it(settings, ca
 
 def test_a_message_of_a_final_upload_is_not_counted_as_work(settings, db_sessions, producer, cache, recovery):
     done = _row(db_sessions, settings.queue_name, state="SUCCESS")
-    predictions.enqueue(producer, settings.queue_name, [done])
+    enqueue(producer, settings.queue_name, [done])
     assert json.loads(cache.lrange(settings.queue_name, 0, -1)[0])["headers"]["id"] == done
     assert recovery.sweep().requeued == [] and cache.get(status_key(done)) is None
 
@@ -200,9 +200,9 @@ def test_nothing_is_called_lost_while_the_queue_is_longer_than_one_read(
         settings, db_sessions, producer, cache, recovery, monkeypatch):
     monkeypatch.setattr("worker.recovery.SCAN_LIMIT", 2)
     waiting = [_row(db_sessions, settings.queue_name) for _ in range(3)]
-    predictions.enqueue(producer, settings.queue_name, waiting[:1])
-    predictions.enqueue(producer, settings.queue_name, waiting[1:2])
-    predictions.enqueue(producer, settings.queue_name, waiting[2:])
+    enqueue(producer, settings.queue_name, waiting[:1])
+    enqueue(producer, settings.queue_name, waiting[1:2])
+    enqueue(producer, settings.queue_name, waiting[2:])
 
     for _ in range(3):  # the oldest message is beyond the read: it must not be taken for lost
         assert recovery.sweep().requeued == []
@@ -211,7 +211,7 @@ def test_nothing_is_called_lost_while_the_queue_is_longer_than_one_read(
 
 def test_a_message_put_back_gets_a_new_delivery_tag(settings, db_sessions, producer, cache, recovery):
     held = _row(db_sessions, settings.queue_name)
-    predictions.enqueue(producer, settings.queue_name, [held])
+    enqueue(producer, settings.queue_name, [held])
     old_tag = _reserve(producer, settings.queue_name, held_s_ago=2 * AFTER)
 
     assert recovery.sweep().put_back == [held]

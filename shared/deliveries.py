@@ -1,0 +1,130 @@
+"""Webhook deliveries in MySQL: the ONLY code that moves a delivery between its states.
+
+    scheduled (in the transaction that made the upload final, or STARTED) ──▶ PENDING ──2xx──▶ DELIVERED
+                                                 ▲        │ non-2xx, timeout, refused target
+                                                 └────────┘ retried with back-off ... after MAX attempts: FAILED
+
+A sender takes due deliveries under a short lease (a killed sender's deliveries are taken over when it runs
+out) and records each attempt guarded by its lease token, so two senders never both record one attempt. At
+least once: a sender killed after the receiver answered but before it recorded the attempt sends it again,
+under the same webhook-id, which is how receivers recognise a repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, delete, func, insert, or_, select, update
+
+from shared.schema import WebhookDelivery, utcnow
+
+TABLE = cast(Table, WebhookDelivery.__table__)
+COLUMNS = TABLE.c
+PENDING, DELIVERED, FAILED = "PENDING", "DELIVERED", "FAILED"
+# Longest a sender may hold a delivery: one attempt (5 s) and its bookkeeping, with room to spare.
+LEASE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event of an upload that asked for a webhook: what to POST, and where."""
+
+    task_id: str
+    event: str  # start or completed
+    url: str
+    document: Mapping[str, Any]  # the status document as it was when the event happened
+
+
+def message_id(task_id: str, event: str) -> str:
+    """The webhook-id of an event: the same for every retry, so a receiver can drop repeats."""
+    return f"msg_{task_id}_{event}"
+
+
+def payload(document: Mapping[str, Any], event: str) -> str:
+    """The JSON body of an event: the upload's status document (without the delivery's own report)."""
+    body = {key: value for key, value in document.items() if key != "webhook"}
+    return json.dumps({"type": f"prediction.{event}", "data": body}, separators=(",", ":"))
+
+
+def schedule(conn: Connection, events: Iterable[Event]) -> None:
+    """Record events to deliver, due now; in the caller's transaction, so a committed state has its deliveries."""
+    now = utcnow()
+    rows = [{"task_id": e.task_id, "event": e.event, "url": e.url, "payload": payload(e.document, e.event),
+             "state": PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now} for e in events]
+    if rows:
+        conn.execute(insert(TABLE), rows)
+
+
+@dataclass(frozen=True)
+class Due:
+    """A delivery a sender holds: what to send, and the token that fences what it records."""
+
+    id: int
+    task_id: str
+    event: str
+    url: str
+    payload: str
+    attempts: int
+    token: str
+
+
+def take_due(conn: Connection, limit: int, lease_seconds: float = LEASE_SECONDS) -> list[Due]:
+    """Hold up to `limit` due deliveries (not held by a live sender) for this sender; oldest due first."""
+    now = utcnow()
+    free = or_(COLUMNS.lease_expires_at.is_(None), COLUMNS.lease_expires_at < now)
+    ids = [r.id for r in conn.execute(select(COLUMNS.id).where(COLUMNS.state == PENDING, COLUMNS.next_attempt_at <= now,
+                                                               free).order_by(COLUMNS.next_attempt_at).limit(limit))]
+    if not ids:
+        return []
+    token = secrets.token_hex(8)
+    # Guarded again: another sender may have taken some between the read and this write.
+    conn.execute(update(TABLE).where(COLUMNS.id.in_(ids), COLUMNS.state == PENDING, free)
+                 .values(lease_expires_at=now + timedelta(seconds=lease_seconds), lease_token=token))
+    rows = conn.execute(select(COLUMNS.id, COLUMNS.task_id, COLUMNS.event, COLUMNS.url, COLUMNS.payload,
+                               COLUMNS.attempts).where(COLUMNS.id.in_(ids), COLUMNS.lease_token == token))
+    return [Due(r.id, r.task_id, r.event, r.url, r.payload, r.attempts, token) for r in rows]
+
+
+def record(conn: Connection, due: Due, status: int | None, error: str | None, delivered: bool,
+           retry_in: float | None) -> bool:
+    """Record one attempt: DELIVERED, PENDING again after `retry_in` seconds, or FAILED (retry_in None).
+
+    Guarded by the hold's token: a sender whose hold ran out (and was taken over) records nothing; False then.
+    """
+    now = utcnow()
+    if delivered:
+        values: dict[str, Any] = {"state": DELIVERED, "delivered_at": now}
+    elif retry_in is None:
+        values = {"state": FAILED}
+    else:
+        values = {"state": PENDING, "next_attempt_at": now + timedelta(seconds=retry_in)}
+    done = conn.execute(update(TABLE).where(COLUMNS.id == due.id, COLUMNS.lease_token == due.token)
+                        .values(attempts=COLUMNS.attempts + 1, last_status=status, last_error=(error or None) and
+                                error[:255], lease_expires_at=None, lease_token=None, **values)).rowcount
+    return bool(done)
+
+
+def reports(conn: Connection, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What status documents say of each upload's `completed` delivery: state, attempts, last HTTP status."""
+    if not task_ids:
+        return {}
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.state, COLUMNS.attempts, COLUMNS.last_status)
+                        .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.event == "completed"))
+    return {r.task_id: {"state": r.state, "attempts": r.attempts, "last_status": r.last_status,
+                        "delivered": r.state == DELIVERED} for r in rows}
+
+
+def forget(conn: Connection, task_ids: Sequence[str]) -> None:
+    """Remove the deliveries of uploads being deleted (in the caller's transaction)."""
+    if task_ids:
+        conn.execute(delete(TABLE).where(COLUMNS.task_id.in_(list(task_ids))))
+
+
+def pending(conn: Connection) -> int:
+    """Deliveries still to be made, due now or later (a gauge for operators)."""
+    return int(conn.scalar(select(func.count()).select_from(TABLE).where(COLUMNS.state == PENDING)) or 0)

@@ -1,0 +1,91 @@
+"""Idempotency keys on POST /predict (Stripe's `Idempotency-Key`, the IETF httpapi draft's header).
+
+A key is scoped to its owner and stored in the same transaction as the upload rows it made, under a unique
+index: a web process killed between the two leaves neither or both. A repeat of the request within the key's
+lifetime finds it and makes nothing; a concurrent repeat's INSERT waits on the index until the first
+transaction ends, then fails, and the repeat answers with what the first one recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Connection, Table, delete, insert, select
+
+from shared.schema import IdempotencyKey, utcnow
+
+TABLE = cast(Table, IdempotencyKey.__table__)
+COLUMNS = TABLE.c
+MAX_KEY_LENGTH = 255
+# Printable ASCII, as the draft's sf-string allows: no control characters, nothing a log line could be forged with.
+KEY = re.compile(rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
+
+
+def valid_key(key: str) -> bool:
+    """Whether an Idempotency-Key header's value can be used (1 to 255 printable ASCII characters)."""
+    return bool(KEY.match(key))
+
+
+def fingerprint(files: Sequence[tuple[str | None, bytes]], fields: Sequence[tuple[str, str | None]]) -> str:
+    """SHA-256 of what a request asks for: each file's name and bytes, in order, and the named form fields."""
+    digest = hashlib.sha256()
+    for name, data in files:
+        digest.update(b"file\0" + (name or "").encode() + b"\0" + hashlib.sha256(data).digest())
+    for field_name, value in fields:
+        digest.update(b"field\0" + field_name.encode() + b"\0" + (value or "").encode() + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What a key recorded: the request's fingerprint and the uploads it made."""
+
+    request_sha256: str
+    task_ids: list[str]
+    created_at: datetime
+
+
+def recall(conn: Connection, owner: str, key: str, ttl_seconds: float) -> Remembered | None:
+    """The key's record if it was stored less than `ttl_seconds` ago, else None."""
+    row = conn.execute(select(COLUMNS.request_sha256, COLUMNS.task_ids, COLUMNS.created_at)
+                       .where(COLUMNS.owner == owner, COLUMNS.idem_key == key)).first()
+    if row is None or row.created_at < utcnow() - timedelta(seconds=ttl_seconds):
+        return None
+    return Remembered(row.request_sha256, list(row.task_ids), row.created_at)
+
+
+def remember(conn: Connection, owner: str, key: str, request_sha256: str, task_ids: Sequence[str],
+             ttl_seconds: float) -> None:
+    """Store the key in the caller's transaction; an expired record of it is replaced.
+
+    Raises the database's IntegrityError when a live record exists (or another transaction holds the key).
+    """
+    conn.execute(delete(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key,
+                                     COLUMNS.created_at < utcnow() - timedelta(seconds=ttl_seconds)))
+    conn.execute(insert(TABLE).values(owner=owner, idem_key=key, request_sha256=request_sha256,
+                                      task_ids=list(task_ids), created_at=utcnow()))
+
+
+def forget(conn: Connection, owner: str, key: str) -> None:
+    """Remove a key whose uploads were withdrawn (they could not be queued, so nothing was accepted)."""
+    conn.execute(delete(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key))
+
+
+def forget_owner(conn: Connection, owner: str) -> int:
+    """Remove every key of an owner (erasure of all their uploads); how many."""
+    return int(conn.execute(delete(TABLE).where(COLUMNS.owner == owner)).rowcount)
+
+
+def purge_expired(conn: Connection, ttl_seconds: float, limit: int) -> int:
+    """Remove up to `limit` keys older than their lifetime, oldest first, on the created_at index; how many."""
+    before = utcnow() - timedelta(seconds=ttl_seconds)
+    ids = [r.id for r in conn.execute(select(COLUMNS.id).where(COLUMNS.created_at < before)
+                                      .order_by(COLUMNS.created_at).limit(limit))]
+    if not ids:
+        return 0
+    return int(conn.execute(delete(TABLE).where(COLUMNS.id.in_(ids))).rowcount)
