@@ -1,0 +1,93 @@
+"""Idempotency keys on the real MariaDB: scoped per owner, unique, expiring."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from shared import idempotency
+
+OWNER, OTHER = "a" * 64, "b" * 64
+
+
+@pytest.fixture
+def keys(db_engine):
+    """The engine, with the keys table emptied."""
+    with db_engine.begin() as conn:
+        conn.execute(text("DELETE FROM idempotency_keys"))
+    return db_engine
+
+
+@pytest.mark.parametrize("key,ok", [("k", True), ("order-17/retry", True), ("x" * 255, True), ("", False),
+                                    ("x" * 256, False), ("tab\there", False), ("é", False), ("nl\n", False)])
+def test_keys_are_1_to_255_printable_ascii_characters(key, ok):
+    assert idempotency.valid_key(key) is ok
+
+
+def test_the_fingerprint_names_files_in_order_and_fields():
+    one = idempotency.fingerprint([("a.png", b"1"), ("b.png", b"2")], [("webhook", None)])
+    assert one == idempotency.fingerprint([("a.png", b"1"), ("b.png", b"2")], [("webhook", "")])
+    assert one != idempotency.fingerprint([("b.png", b"2"), ("a.png", b"1")], [("webhook", None)])
+    assert one != idempotency.fingerprint([("a.png", b"1"), ("b.png", b"3")], [("webhook", None)])
+    assert one != idempotency.fingerprint([("a.png", b"1"), ("b.png", b"2")], [("webhook", "https://x.example")])
+
+
+def test_a_key_is_recalled_by_its_owner_only_until_it_expires(keys):
+    with keys.begin() as conn:
+        idempotency.remember(conn, OWNER, "k1", "f" * 64, ["t1", "t2"], ttl_seconds=60)
+    with keys.connect() as conn:
+        found = idempotency.recall(conn, OWNER, "k1", 60)
+        assert found is not None and (found.request_sha256, found.task_ids) == ("f" * 64, ["t1", "t2"])
+        assert idempotency.recall(conn, OTHER, "k1", 60) is None
+        assert idempotency.recall(conn, OWNER, "k1", 0) is None  # expired: a new request may use it again
+
+
+def test_a_live_key_cannot_be_stored_twice_but_an_expired_one_is_replaced(keys):
+    with keys.begin() as conn:
+        idempotency.remember(conn, OWNER, "k1", "f" * 64, ["t1"], ttl_seconds=60)
+    with pytest.raises(IntegrityError), keys.begin() as conn:
+        idempotency.remember(conn, OWNER, "k1", "e" * 64, ["t9"], ttl_seconds=60)
+    with keys.begin() as conn:
+        idempotency.remember(conn, OTHER, "k1", "e" * 64, ["t9"], ttl_seconds=60)  # another owner's key
+        idempotency.remember(conn, OWNER, "k1", "d" * 64, ["t8"], ttl_seconds=0)  # the old record expired
+    with keys.connect() as conn:
+        assert idempotency.recall(conn, OWNER, "k1", 60).task_ids == ["t8"]
+
+
+def test_a_concurrent_duplicate_waits_for_the_first_transaction_then_fails(keys):
+    first = keys.connect()
+    tx = first.begin()
+    idempotency.remember(first, OWNER, "k1", "f" * 64, ["t1"], ttl_seconds=60)
+    outcome: list[BaseException | None] = []
+
+    def duplicate() -> None:
+        try:
+            with keys.begin() as conn:
+                idempotency.remember(conn, OWNER, "k1", "f" * 64, ["t2"], ttl_seconds=60)
+            outcome.append(None)
+        except IntegrityError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=duplicate)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive()  # blocked on the unique index while the first is uncommitted
+    tx.commit()
+    first.close()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError)
+    with keys.connect() as conn:
+        assert idempotency.recall(conn, OWNER, "k1", 60).task_ids == ["t1"]
+
+
+def test_expired_keys_are_purged_in_bounded_batches(keys):
+    with keys.begin() as conn:
+        for i in range(5):
+            idempotency.remember(conn, OWNER, f"k{i}", "f" * 64, [], ttl_seconds=60)
+        assert idempotency.purge_expired(conn, 3600, limit=10) == 0
+        assert idempotency.purge_expired(conn, 0, limit=3) == 3
+        assert idempotency.purge_expired(conn, 0, limit=3) == 2
+        assert idempotency.forget_owner(conn, OWNER) == 0
