@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -259,13 +260,24 @@ def served_model(settings: Settings) -> Path:
     return settings.model_path
 
 
+def webhook_secret(data_dir: Path) -> str:
+    """The secret `make run` signs webhooks with: made once and kept in the data folder, so receivers keep it."""
+    path = data_dir / "webhook_secret"
+    if not path.exists():
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        path.chmod(0o600)
+        log.info("webhooks are signed with the secret in %s (set WEBHOOK_SECRET to use your own)", path)
+    return path.read_text().strip()
+
+
 def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_url: str) -> None:
     """Migrate the database, start web, worker and Flower, and say where they are once they listen."""
     # The other fields have defaults or come from the environment (mypy cannot see pydantic's defaults).
     model_path = served_model(Settings(redis_url=redis_url, database_url=database_url))  # type: ignore[call-arg]
     if not model_path.exists():
         raise SystemExit(f"No model at {model_path}: train it first with `make model`.")
-    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, MODEL_PATH=str(model_path))
+    env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, MODEL_PATH=str(model_path),
+                            WEBHOOK_SECRET=local.webhook_secret or webhook_secret(local.data_dir))
     upgrade(database_url)
     flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
     python = sys.executable

@@ -112,6 +112,8 @@ class LocalRunSettings(BaseSettings):
     flower_basic_auth: str | None = Field(None, description="user:password for Flower; generated when unset")
     web_workers: int = Field(2, description="gunicorn worker processes for `make run`")
     with_flower: bool = Field(True, description="Start Flower with `make run` (the benchmark measures without too)")
+    webhook_secret: str | None = Field(
+        None, description="Signs webhooks; unset, `make run` makes one and keeps it in DATA_DIR/webhook_secret")
     data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
 
 
