@@ -18,9 +18,11 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +31,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from bench.load import Sample, run, summary
+from bench.load import Contract, Sample, run, summary
 from bench.samples import load_photo_samples, load_samples
 from bench.stack import (
     RunningStack,
@@ -58,6 +60,8 @@ class Scenario:
     per_request: int = 1
     one_request: bool = True
     batch: bool = False  # --batch-clients instead of --clients
+    keyed: bool = False  # an Idempotency-Key (and owner token) on every upload
+    webhook: bool = False  # a webhook on every upload, to bench/receiver.py
 
 
 WITH_FLOWER = (
@@ -67,6 +71,13 @@ WITH_FLOWER = (
     Scenario("batch", "batch path (16 files per request, one request)", per_request=16, batch=True),
 )
 WITHOUT_FLOWER = (Scenario("one_request", "single uploads, one request, no Flower"),)
+# `--contract`: the contract's costs, alternated twice in one run so that the machine's drift hits each alike.
+CONTRACT = tuple(
+    Scenario(f"{key}_{n}", f"{title} ({n})", keyed=keyed, webhook=webhook)
+    for n in (1, 2)
+    for key, title, keyed, webhook in (("plain", "single uploads, one request", False, False),
+                                       ("keyed", "... with an Idempotency-Key", True, False),
+                                       ("webhook", "... with a webhook", False, True)))
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -96,9 +107,10 @@ def measure(stack: RunningStack, services: dict[str, int | None], scenario: Scen
     log.info("%s: %d clients, %.0f s after %.0f s warm-up", scenario.title, clients, args.seconds, args.warmup)
     before = cpu_seconds(stack, services)
     started = time.perf_counter()
+    contract = Contract(keyed=scenario.keyed, webhook=stack.webhook_url if scenario.webhook else None)
     tally, seconds = asyncio.run(run("127.0.0.1", stack.port, samples, clients=clients, seconds=args.seconds,
                                      warmup=args.warmup, per_request=scenario.per_request,
-                                     one_request=scenario.one_request))
+                                     one_request=scenario.one_request, contract=contract))
     elapsed = time.perf_counter() - started
     after = cpu_seconds(stack, services)
     result: dict[str, Any] = summary(tally, seconds)
@@ -114,7 +126,9 @@ def measure(stack: RunningStack, services: dict[str, int | None], scenario: Scen
 def bench_stack(args: argparse.Namespace, bench: BenchSettings, flower: bool, scenarios: Sequence[Scenario],
                 samples: dict[bool, list[Sample]]) -> dict[str, Any]:
     """`make run`'s stack (with or without Flower) and the scenarios run against it."""
-    stack = start_stack(bench, args.web_workers, Path(tempfile.mkdtemp(prefix="bench-")), flower=flower)
+    receiver = start_receiver() if any(s.webhook for s in scenarios) else None
+    stack = start_stack(bench, args.web_workers, Path(tempfile.mkdtemp(prefix="bench-")), flower=flower,
+                        webhook_url=receiver[1] if receiver else None)
     redis_port = make_url(bench.redis_url).port or 6379
     db_port = make_url(bench.database_url).port or 3306
     services = {"mariadb": service_pid("mariadbd", db_port), "redis": service_pid("redis-server", redis_port)}
@@ -125,9 +139,38 @@ def bench_stack(args: argparse.Namespace, bench: BenchSettings, flower: bool, sc
         for scenario in scenarios:
             results[scenario.key] = measure(stack, services, scenario, samples[scenario.photos], args)
         results |= {k: v for k, v in peaks(stack).items() if k.endswith("_mb")}
+        if receiver:
+            results["webhooks_received"] = received(receiver[1], count_webhooks(results, scenarios, args.seconds))
     finally:
         stop_stack(stack)
+        if receiver:
+            receiver[0].terminate()
     return results
+
+
+def start_receiver() -> tuple[subprocess.Popen[bytes], str]:
+    """bench/receiver.py in a process of its own; it and the URL webhooks go to."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port)])
+    wait_for_port(port, proc, timeout=20)
+    return proc, f"http://127.0.0.1:{port}/hook"
+
+
+def count_webhooks(results: dict[str, Any], scenarios: Sequence[Scenario], seconds: float) -> int:
+    """A lower bound of the webhooks owed: the measured predictions of the webhook scenarios (warm-up not counted)."""
+    return sum(round(results[s.key]["images_per_s"] * seconds) for s in scenarios if s.webhook)
+
+
+def received(webhook_url: str, expected: int, timeout: float = 60.0) -> int:
+    """What the receiver counted, once it has at least `expected` (or the timeout passed)."""
+    count_url = webhook_url.rsplit("/", 1)[0] + "/count"
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(count_url, timeout=5) as resp:
+            count = int(resp.read())
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.5)
 
 
 def bench_seed(args: argparse.Namespace, bench: BenchSettings, samples: list[Sample]) -> dict[str, Any]:
@@ -173,6 +216,20 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def contract_table(results: dict[str, Any]) -> str:
+    """The contract scenarios side by side: rate, latency, and the webhooks the receiver got."""
+    rows = ["| scenario | images/s | p50 ms | p99 ms | errors | web CPU ms | worker CPU ms |",
+            "|---|---|---|---|---|---|---|"]
+    for scenario in CONTRACT:
+        r = results.get(scenario.key)
+        if r:
+            cpu = r["cpu_ms_per_prediction"]
+            rows.append(f"| {scenario.title} | {r['images_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                        f"{r['errors'] + r['failures']} | {cpu.get('web', 0):.2f} | {cpu.get('worker', 0):.2f} |")
+    rows.append(f"\nwebhooks received: {results.get('webhooks_received', 'n/a')}")
+    return "\n".join(rows)
+
+
 def cpu_table(results: dict[str, Any]) -> str:
     """CPU milliseconds per prediction of each process, per pipeline scenario with Flower."""
     scenarios = [(k, v) for k, v in results.get("flower", {}).items() if isinstance(v, dict)]
@@ -199,6 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-seed", action="store_true", help="leave out the seed design's baseline")
     parser.add_argument("--skip-no-flower", action="store_true", help="leave out the run without Flower")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--contract", action="store_true",
+                        help="only the contract's costs: plain, keyed and webhook uploads, alternated twice")
     return parser.parse_args(argv)
 
 
@@ -211,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
                True: load_photo_samples(bench.mnist_dir, args.photos, seed=0)}
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                                "machine": platform.platform(), "clients": args.clients, "seconds": args.seconds}
+    if args.contract:
+        results["contract"] = bench_stack(args, bench, True, CONTRACT, samples)
+        print(contract_table(results["contract"]))  # noqa: T201 - the command's output
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     results["flower"] = bench_stack(args, bench, True, WITH_FLOWER, samples)
     if not args.skip_no_flower:
         results["no_flower"] = bench_stack(args, bench, False, WITHOUT_FLOWER, samples)

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 BOUNDARY = "benchboundary7f3a"
@@ -25,9 +26,10 @@ class Sample:
     label: int
 
 
-def multipart(files: Sequence[tuple[str, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body with each file in the field `file`, and its Content-Type."""
-    parts = []
+def multipart(files: Sequence[tuple[str, bytes]], fields: Mapping[str, str] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body with each file in the field `file` (and plain fields), and its Content-Type."""
+    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in (fields or {}).items()]
     for name, data in files:
         parts.append(
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
@@ -45,14 +47,15 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None
-                      ) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None,
+                      headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         """Send one request; its status and body."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
         if content_type:
             head += f"Content-Type: {content_type}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self._writer.write(head.encode() + b"\r\n" + body)
         await self._writer.drain()
         assert self._reader is not None
@@ -99,17 +102,34 @@ async def _await_final(conn: Connection, status_url: str) -> list[dict]:
             raise RuntimeError(f"status {status}")
         answer = json.loads(body)
         docs = answer.get("tasks", [answer])
-        if all(doc["state"] in ("SUCCESS", "FAILURE") for doc in docs):
+        if all(doc["state"] in ("SUCCESS", "FAILURE", "CANCELED") for doc in docs):
             return docs
 
 
 ONE_REQUEST_WAIT_S = 10
 
 
-async def _predict(conn: Connection, body: bytes, ctype: str, one_request: bool, tally: Tally) -> list[dict] | None:
+@dataclass(frozen=True)
+class Contract:
+    """What each upload asks of the service's contract: an Idempotency-Key, a webhook (both off by default)."""
+
+    keyed: bool = False
+    webhook: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        """The form fields of an upload."""
+        return {"webhook": self.webhook} if self.webhook else {}
+
+    def headers(self, owner: str) -> dict[str, str]:
+        """The headers of an upload: a fresh key per request (as a client that retries only on failure sends)."""
+        return {"X-Owner-Token": owner, "Idempotency-Key": uuid.uuid4().hex} if self.keyed else {}
+
+
+async def _predict(conn: Connection, body: bytes, ctype: str, one_request: bool, tally: Tally,
+                   headers: Mapping[str, str] | None = None) -> list[dict] | None:
     """Upload, and get the final documents: in the same request, or by long-polling; None after an error."""
     path = f"/predict?wait={ONE_REQUEST_WAIT_S}" if one_request else "/predict"
-    status, raw = await conn.request("POST", path, body, ctype)
+    status, raw = await conn.request("POST", path, body, ctype, headers)
     if status == 200 and one_request:
         answer = json.loads(raw)
         return answer.get("tasks", [answer])
@@ -121,15 +141,17 @@ async def _predict(conn: Connection, body: bytes, ctype: str, one_request: bool,
 
 
 async def _pipeline_client(conn: Connection, samples: Sequence[Sample], start: int, per_request: int,
-                           warm_until: float, end: float, tally: Tally, one_request: bool) -> None:
+                           warm_until: float, end: float, tally: Tally, one_request: bool, contract: Contract
+                           ) -> None:
     i = start
+    owner = f"bench-owner-{uuid.uuid4().hex}"
     while (now := time.perf_counter()) < end:
         batch = [samples[(i + k) % len(samples)] for k in range(per_request)]
         i += per_request * 7  # clients walk the set at different strides
-        body, ctype = multipart([(f"{k}.png", s.png) for k, s in enumerate(batch)])
+        body, ctype = multipart([(f"{k}.png", s.png) for k, s in enumerate(batch)], contract.fields())
         t0 = time.perf_counter()
         try:
-            docs = await _predict(conn, body, ctype, one_request, tally)
+            docs = await _predict(conn, body, ctype, one_request, tally, contract.headers(owner))
         except (OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
             tally.error(type(exc).__name__ if not isinstance(exc, RuntimeError) else str(exc))
             await conn.close()
@@ -170,7 +192,8 @@ async def _seed_client(conn: Connection, samples: Sequence[Sample], start: int, 
 
 
 async def run(host: str, port: int, samples: Sequence[Sample], *, clients: int, seconds: float, warmup: float,
-              per_request: int = 1, seed_design: bool = False, one_request: bool = False) -> tuple[Tally, float]:
+              per_request: int = 1, seed_design: bool = False, one_request: bool = False,
+              contract: Contract | None = None) -> tuple[Tally, float]:
     """Run `clients` closed-loop clients for warm-up + `seconds`; the tally and the measured duration."""
     tally = Tally()
     conns = [Connection(host, port) for _ in range(clients)]
@@ -179,8 +202,8 @@ async def run(host: str, port: int, samples: Sequence[Sample], *, clients: int, 
     if seed_design:
         jobs = [_seed_client(c, samples, n * 101, warm_until, end, tally) for n, c in enumerate(conns)]
     else:
-        jobs = [_pipeline_client(c, samples, n * 101, per_request, warm_until, end, tally, one_request)
-                for n, c in enumerate(conns)]
+        jobs = [_pipeline_client(c, samples, n * 101, per_request, warm_until, end, tally, one_request,
+                                 contract or Contract()) for n, c in enumerate(conns)]
     await asyncio.gather(*jobs)
     measured = time.perf_counter() - warm_until
     for conn in conns:

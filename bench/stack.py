@@ -49,9 +49,11 @@ class RunningStack:
     launcher: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    webhook_url: str | None = None  # bench/receiver.py, when the scenarios send webhooks
 
 
-def start_stack(bench: BenchSettings, web_workers: int, data_dir: Path, flower: bool = True) -> RunningStack:
+def start_stack(bench: BenchSettings, web_workers: int, data_dir: Path, flower: bool = True,
+                webhook_url: str | None = None) -> RunningStack:
     """`python -m scripts.run_local` on free ports against the (reset) benchmark Redis and database."""
     reset_services(bench)
     port = free_port()
@@ -61,14 +63,16 @@ def start_stack(bench: BenchSettings, web_workers: int, data_dir: Path, flower: 
                             FLOWER_PORT=str(flower_port), FLOWER_BASIC_AUTH=f"soak:{secrets.token_urlsafe(12)}",
                             WEB_WORKERS=str(web_workers), RATE_LIMIT="",  # all the load comes from one address
                             DATA_DIR=str(data_dir),  # its own metrics folder, not a running `make run`'s var/
-                            WITH_FLOWER="1" if flower else "0")
+                            WITH_FLOWER="1" if flower else "0",
+                            # The receiver listens on loopback, which webhooks may reach only when allowed.
+                            WEBHOOK_ALLOWED_HOSTS="127.0.0.1" if webhook_url else "")
     log_path = data_dir / "stack.log"
     log.info("starting the stack (web on port %d); its output goes to %s", port, log_path)
     with log_path.open("ab") as out:
         # A session of its own: Ctrl-C reaches only us, and we stop the launcher once, which stops the rest.
         launcher = subprocess.Popen([sys.executable, "-m", "scripts.run_local"], cwd=REPO_ROOT, env=env,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return RunningStack(launcher, port, log_path)
+    return RunningStack(launcher, port, log_path, webhook_url)
 
 
 def wait_for_workers(stack: RunningStack, timeout: float) -> float:
