@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(
         8, description="Attempts per webhook before it is given up (the back-off between them spans hours)")
     webhook_retry_base_seconds: float = Field(
-        5.0, description="First retry of a failed webhook after about this long; each further one waits twice as long")
+        5.0, description="First webhook retry after about this long; each next waits 4 times as long (at most 2 h)")
     webhook_senders: int = Field(4, description="Webhook deliveries a worker process makes at once, apart from batches")
     admin_basic_auth: str | None = Field(
         None, description="user:password that lists every visitor's uploads on GET /predictions; unset = nobody")
