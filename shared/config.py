@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     webhook_senders: int = Field(4, description="Webhook deliveries a worker process makes at once, apart from batches")
     admin_basic_auth: str | None = Field(
         None, description="user:password that lists every visitor's uploads on GET /predictions; unset = nobody")
+
+    @field_validator("image_retention_seconds", "row_retention_seconds", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable means unset (compose passes `${VAR:-}` as an empty string)."""
+        return None if value == "" else value
 
     @property
     def allowed_webhook_hosts(self) -> frozenset[str]:
