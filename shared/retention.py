@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, exists, select, update
 
 from shared import deliveries
 from shared.predictions import COLUMNS, TABLE
@@ -53,9 +53,14 @@ def purge_images(conn: Connection, before: datetime, limit: int = BATCH) -> list
 
 
 def purge_rows(conn: Connection, before: datetime, limit: int = BATCH) -> list[str]:
-    """Delete up to `limit` whole final uploads finished before `before`, with their deliveries; their task ids."""
+    """Delete up to `limit` whole final uploads finished before `before`, with their deliveries; their task ids.
+
+    An upload whose webhook is still being tried waits for it (delivered or given up): a row retention shorter
+    than the back-off's span must not drop a delivery it owes.
+    """
+    owed = exists().where(deliveries.COLUMNS.task_id == COLUMNS.task_id, deliveries.COLUMNS.state == deliveries.PENDING)
     rows = conn.execute(select(COLUMNS.id, COLUMNS.task_id)
-                        .where(COLUMNS.finished_at < before, COLUMNS.state.in_(FINAL))
+                        .where(COLUMNS.finished_at < before, COLUMNS.state.in_(FINAL), ~owed)
                         .order_by(COLUMNS.finished_at).limit(limit)).all()
     if not rows:
         return []

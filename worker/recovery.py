@@ -14,6 +14,8 @@ at a time, under a Redis lock) does, for its own queue only:
      message is put back on the queue (as kombu itself would after its one-hour visibility timeout);
    - nowhere, in two sweeps in a row (a message being handed to a worker is in neither place for a few
      microseconds): lost (Redis flushed or restarted empty), so the upload is enqueued again.
+3. Then, if given one, retention's purge (worker/retention.py: every queue's rows, which is safe to run from
+   several queues' sweeps at once), still under the lock; a purge that fails is logged and ends nothing.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class Recovery:
     """Sweeps of one queue; remembers which uploads it found without a message last time."""
 
     def __init__(self, engine: Engine, redis: Redis, queue: str, enqueue: Enqueue, after_seconds: float,
-                 max_attempts: int, publish: Callable[[Any], None]) -> None:
+                 max_attempts: int, publish: Callable[[Any], None], purge: Callable[[], Any] | None = None) -> None:
         self._engine = engine
         self._redis = redis
         self._queue = queue
@@ -190,10 +192,11 @@ class Recovery:
         self._after = after_seconds
         self._max_attempts = max_attempts
         self._publish = publish
+        self._purge = purge
         self._absent_before: set[str] = set()
 
     def sweep(self) -> SweepResult:
-        """One pass: expired claims first, then uploads whose message is gone."""
+        """One pass: expired claims first, then uploads whose message is gone, then retention's purge."""
         result = SweepResult()
         self._expire_claims(result)
         with self._engine.begin() as conn:
@@ -208,7 +211,17 @@ class Recovery:
             log.warning("recovery of %s: %d claim(s) expired, %d poison, %d message(s) put back, %d re-sent",
                         self._queue, len(result.unclaimed), len(result.poisoned), len(result.put_back),
                         len(result.requeued))
+        self._run_purge()
         return result
+
+    def _run_purge(self) -> None:
+        """Retention's purge, if any: housekeeping, so nothing it raises may end a sweep."""
+        if self._purge is None:
+            return
+        try:
+            self._purge()
+        except Exception:  # the purge logs what it expects (a database away); this is the last guard
+            log.exception("retention purge failed")
 
     def _expire_claims(self, result: SweepResult) -> None:
         with self._engine.begin() as conn:

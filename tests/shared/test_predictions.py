@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from shared import deliveries, predictions, retention
 from shared.predictions import NewUpload
@@ -149,3 +150,15 @@ def test_no_event_is_scheduled_for_a_fenced_write(db_engine):
         predictions.cancel(conn, task_id, None)  # schedules its own completed event
     _finish(db_engine, claim, task_id)
     assert [e for e, _ in _deliveries(db_engine, task_id)] == ["completed"]  # one, the cancel's
+
+
+def test_row_retention_waits_for_a_webhook_still_owed(db_engine):
+    owed = _record(db_engine, webhook=HOOK)
+    plain = _record(db_engine)
+    for task_id in (owed, plain):
+        _finish(db_engine, _claim(db_engine, task_id), task_id)
+    later = predictions.utcnow() + timedelta(seconds=1)
+    with db_engine.begin() as conn:
+        assert retention.purge_rows(conn, later) == [plain]
+        conn.execute(update(WebhookDelivery).values(state=deliveries.DELIVERED))
+        assert retention.purge_rows(conn, later) == [owed]
