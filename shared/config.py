@@ -85,6 +85,8 @@ class Settings(BaseSettings):
         8, description="Attempts per webhook before it is given up (the back-off between them spans hours)")
     webhook_retry_base_seconds: float = Field(
         5.0, description="First webhook retry after about this long; each next waits 4 times as long (at most 2 h)")
+    webhook_lease_seconds: float = Field(
+        60.0, description="How long a sender holds a webhook it is trying; a killed sender's are taken over after it")
     webhook_senders: int = Field(4, description="Webhook deliveries a worker process makes at once, apart from batches")
     admin_basic_auth: str | None = Field(
         None, description="user:password that lists every visitor's uploads on GET /predictions; unset = nobody")

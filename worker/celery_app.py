@@ -56,6 +56,7 @@ def _log_format(logger: logging.Logger, loglevel: int | str | None = None, **_: 
 
 
 _presence: list[Any] = []  # this process's Presence, once warmed up
+_deliverers: list[Any] = []  # this process's webhook Deliverer, once warmed up (none without WEBHOOK_SECRET)
 
 
 def _warm_up(serve_metrics: bool) -> None:
@@ -63,7 +64,9 @@ def _warm_up(serve_metrics: bool) -> None:
     from worker.metrics import MODEL
     from worker.presence import Presence
     from worker.recovery import Recovery, RecoveryLoop
+    from worker.retention import Purge
     from worker.runtime import get_runtime
+    from worker.webhooks import start_deliverer
 
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
@@ -76,12 +79,17 @@ def _warm_up(serve_metrics: bool) -> None:
         except OSError as exc:  # a second worker on the same host: predictions matter more than metrics
             log.warning("worker metrics not served on port %d: %s", settings.worker_metrics_port, exc)
     recovery = Recovery(runtime.engine, runtime.redis, settings.queue_name, _enqueue,
-                        settings.sweep_after_seconds, settings.max_attempts, runtime.pipeline.publish)
+                        settings.sweep_after_seconds, settings.max_attempts, runtime.pipeline.publish,
+                        purge=Purge.from_settings(runtime.engine, runtime.redis, settings))
     RecoveryLoop(recovery, runtime.redis, settings.queue_name, runtime.name, settings.sweep_interval_seconds).start()
     presence = Presence(runtime.redis, settings.queue_name, runtime.name, runtime.predictor.version,
                         runtime.predictor.device)
     presence.start()
     _presence.append(presence)
+    # Webhooks on threads of their own, started here (after any fork): a slow receiver never holds a batch.
+    deliverer = start_deliverer(settings, runtime.webhooks_due)
+    if deliverer is not None:
+        _deliverers.append(deliverer)
 
 
 def _enqueue(task_ids: Sequence[str]) -> None:
@@ -106,6 +114,9 @@ def _load_in_worker(sender: Any, **_: Any) -> None:
 @worker_shutdown.connect
 @worker_process_shutdown.connect
 def _withdraw(**_: Any) -> None:
-    """A clean stop: the page stops counting this process at once instead of after the TTL."""
+    """A clean stop: the page stops counting this process at once instead of after the TTL; webhook attempts in
+    flight are recorded (briefly waited for) rather than sent again after their hold runs out."""
     while _presence:
         _presence.pop().stop()
+    while _deliverers:
+        _deliverers.pop().stop()

@@ -59,6 +59,8 @@ class Pipeline:
     max_attempts: int
     publish: Callable[[Iterable[dict[str, Any]]], None]  # cache and announce final documents
     isolation: Isolation = field(default_factory=Isolation)  # one per process: every runner shares it
+    # Told after a commit that scheduled webhook deliveries, so this process's sender takes them at once.
+    webhooks_scheduled: Callable[[], None] | None = None
 
     def run(self, task_ids: Sequence[str]) -> Docs:
         """Predict every task id's upload that is ours to do; each id's status document, in order."""
@@ -81,6 +83,8 @@ class Pipeline:
     def _fail_poison(self, poisoned: list[Found]) -> Docs:
         with self.engine.begin() as conn:
             docs = predictions.fail_poison(conn, poisoned)
+        if any(doc.get("webhook") for doc in docs.values()):
+            self._webhooks_scheduled()
         log.error("gave up on %d upload(s) that killed or stalled %d+ workers", len(docs), self.max_attempts,
                   extra={"task_ids": list(docs)})
         self.publish(docs.values())
@@ -110,6 +114,8 @@ class Pipeline:
             claim = predictions.claim(conn, task_ids, deliveries, self.worker_name, self.leases.seconds)
         if not claim.images:
             return {}
+        if any(hook.wants("start") for hook in claim.hooks.values()):
+            self._webhooks_scheduled()
         with self.leases.holding(claim):
             try:
                 results = self._predict(claim)
@@ -118,8 +124,18 @@ class Pipeline:
             except INFRASTRUCTURE_ERRORS:
                 self._release(claim)
                 raise
+        if claim.hooks:  # finish scheduled their `completed` events (unless they were fenced)
+            self._webhooks_scheduled()
         self.publish(docs.values())
         return docs
+
+    def _webhooks_scheduled(self) -> None:
+        """Wake this process's webhook sender (its poll would find the deliveries within a second anyway)."""
+        if self.webhooks_scheduled is not None:
+            try:
+                self.webhooks_scheduled()
+            except Exception:  # a wake-up only: never fail a stored batch over it
+                log.exception("could not wake the webhook sender")
 
     def _release(self, claim: Claim) -> None:
         try:

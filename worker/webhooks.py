@@ -1,0 +1,201 @@
+"""Webhook delivery: a worker process's sender loop, apart from prediction batches.
+
+Delivery state lives in MySQL only (shared/deliveries.py). Each worker process with a WEBHOOK_SECRET runs one
+Deliverer: a daemon thread that takes due deliveries under a short lease (one short transaction per take) and
+hands them to a few sending threads of its own, never to the Celery task threads or the batch runners, so a slow
+or dead receiver holds nothing but a sender. It looks every POLL_SECONDS, and at once when this process's
+pipeline scheduled an event. A killed worker's deliveries are taken over by any sender once their lease runs out,
+and sent again under the same webhook-id: at least once.
+
+Each attempt checks the target again (DNS may have changed since the upload: a host that now resolves to a
+private address is a failed attempt), signs the stored body per Standard Webhooks and POSTs it once (5 s, no
+redirects, at most 64 KB of the answer read); a non-2xx answer, a timeout or a refusal is retried with back-off
+until WEBHOOK_MAX_ATTEMPTS attempts were made, then the delivery is given up (FAILED).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from shared import deliveries
+from shared.config import Settings
+from shared.db import make_engine
+from shared.deliveries import Due
+from shared.webhooks import Attempt, WebhookRefused, backoff_seconds, check_target, send, sign, valid_secret
+from worker.metrics import WEBHOOK_ATTEMPTS
+
+log = logging.getLogger(__name__)
+
+# How often a sender loop looks for due deliveries when nobody woke it (retries, other processes' events).
+POLL_SECONDS = 1.0
+SEND_TIMEOUT_SECONDS = 5.0
+MAX_ANSWER_BYTES = 65536
+
+
+class Deliverer:
+    """Sends this process's share of due webhooks on `settings.webhook_senders` threads of its own."""
+
+    def __init__(self, engine: Engine, settings: Settings, *, wake: threading.Event | None = None,
+                 lease_seconds: float = deliveries.LEASE_SECONDS, poll_seconds: float = POLL_SECONDS,
+                 timeout: float = SEND_TIMEOUT_SECONDS) -> None:
+        if not settings.webhook_secret or not valid_secret(settings.webhook_secret):
+            raise ValueError("a Deliverer needs WEBHOOK_SECRET: whsec_ and base64 of 24+ bytes")
+        # The hold must outlast an attempt and its record, or a second sender would send it too while it runs.
+        if lease_seconds <= timeout:
+            raise ValueError("the lease must be longer than one attempt's timeout")
+        self._engine = engine
+        self._secret = settings.webhook_secret
+        self._allowed = settings.allowed_webhook_hosts
+        self._max_attempts = max(1, settings.webhook_max_attempts)
+        self._retry_base = settings.webhook_retry_base_seconds
+        self._senders = max(1, settings.webhook_senders)
+        self._lease_seconds = lease_seconds
+        self._poll_seconds = poll_seconds
+        self._timeout = timeout
+        self.wake = wake if wake is not None else threading.Event()  # set: deliveries may be due now
+        self._stop = threading.Event()
+        self._work: queue.SimpleQueue[Due | None] = queue.SimpleQueue()
+        self._busy = 0  # deliveries held by this process: handed to a sender and not yet recorded
+        self._idle = threading.Condition()
+        # When the retries this process recorded fall due (monotonic, a heap): the poller looks then, not later.
+        self._retries: list[float] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the loop and the sending threads (daemons: a hung receiver never keeps a process alive)."""
+        if self._threads:
+            return
+        self._threads = [threading.Thread(target=self._send_loop, name=f"webhook-sender-{i}", daemon=True)
+                         for i in range(self._senders)]
+        self._threads.append(threading.Thread(target=self._run, name="webhook-poller", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = SEND_TIMEOUT_SECONDS + 2) -> None:
+        """Take nothing more, and give attempts in flight up to `timeout` seconds to be recorded."""
+        self._stop.set()
+        self.wake.set()
+        for _ in range(self._senders):
+            self._work.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # Whatever is still unrecorded is sent again by some sender once its lease runs out (at least once).
+
+    def poll_once(self) -> int:
+        """Take as many due deliveries as there are free senders and hand them over; how many were taken."""
+        with self._idle:
+            free = self._senders - self._busy
+        if free <= 0 or self._stop.is_set():
+            return 0
+        # Only what can be sent now: a held delivery waiting behind a slow one would use up its lease.
+        with self._engine.begin() as conn:
+            taken = deliveries.take_due(conn, free, self._lease_seconds)
+        with self._idle:
+            self._busy += len(taken)
+        for due in taken:
+            self._work.put(due)
+        return len(taken)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every delivery this process took has been recorded within the timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def deliver(self, due: Due) -> Attempt:
+        """Make one attempt of a held delivery and record it (delivered, retried later, or given up)."""
+        attempt = self._attempt(due)
+        made = due.attempts + 1
+        retry_in = None if attempt.ok or made >= self._max_attempts else backoff_seconds(
+            made, base_seconds=self._retry_base)
+        with self._engine.begin() as conn:
+            recorded = deliveries.record(conn, due, attempt.status, attempt.error, delivered=attempt.ok,
+                                         retry_in=retry_in)
+        if recorded and retry_in is not None:
+            self._retry_due_in(retry_in)
+        outcome = "delivered" if attempt.ok else "retry" if retry_in is not None else "gave_up"
+        WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
+        log.info("webhook %s of %s, attempt %d: %s (%s)%s", due.event, due.task_id, made, outcome,
+                 attempt.status if attempt.error is None else attempt.error,
+                 "" if recorded else "; not recorded: its hold ran out and another sender took it over",
+                 extra={"task_ids": [due.task_id]})
+        return attempt
+
+    def _attempt(self, due: Due) -> Attempt:
+        """One POST of the stored body to the target, checked again now; a refusal is a failed attempt."""
+        try:
+            target = check_target(due.url, self._allowed)
+        except WebhookRefused as exc:
+            return Attempt(status=None, error=f"refused: {exc.message}")
+        # Signed at each attempt (a fresh timestamp), with the same webhook-id: receivers drop repeats by it.
+        headers = sign(self._secret, deliveries.message_id(due.task_id, due.event), datetime.now(UTC), due.payload)
+        return send(target, headers, due.payload.encode(), timeout=self._timeout, max_answer_bytes=MAX_ANSWER_BYTES)
+
+    def _run(self) -> None:
+        """The poller: take due deliveries when woken, or every POLL_SECONDS."""
+        while not self._stop.is_set():
+            self.wake.clear()  # before the take: a wake during it makes the wait below return at once
+            try:
+                self.poll_once()
+            except Exception as exc:  # the database away: try again later, never let the loop die
+                log.warning("could not take due webhooks: %s", exc)
+                self._stop.wait(self._poll_seconds)
+                continue
+            self.wake.wait(self._next_wait())
+
+    def _retry_due_in(self, seconds: float) -> None:
+        """Note a retry this process recorded, so a back-off shorter than the poll is kept to."""
+        if seconds >= self._poll_seconds:
+            return  # a regular poll takes it in time
+        with self._idle:
+            heapq.heappush(self._retries, time.monotonic() + seconds)
+        self.wake.set()  # the poller may be in a longer wait: it looks again and waits for this one
+
+    def _next_wait(self) -> float:
+        """Seconds until the next poll: POLL_SECONDS, or less if a retry of this process falls due sooner."""
+        now = time.monotonic()
+        with self._idle:
+            if self._retries and self._retries[0] <= now:
+                while self._retries and self._retries[0] <= now:  # due now: the next poll takes them
+                    heapq.heappop(self._retries)
+                return 0.0
+            return min(self._poll_seconds, self._retries[0] - now) if self._retries else self._poll_seconds
+
+    def _send_loop(self) -> None:
+        """A sender: attempt what the poller hands over until told to stop."""
+        while (due := self._work.get()) is not None:
+            try:
+                self.deliver(due)
+            except Exception:  # its hold runs out and it is sent again: at least once
+                log.exception("webhook %s of %s: attempt not recorded", due.event, due.task_id,
+                              extra={"task_ids": [due.task_id]})
+            finally:
+                with self._idle:
+                    was_full = self._busy == self._senders
+                    self._busy -= 1
+                    self._idle.notify_all()
+                if was_full:  # the poller could take nothing while every sender was busy: more may be due
+                    self.wake.set()
+
+
+def start_deliverer(settings: Settings, wake: threading.Event) -> Deliverer | None:
+    """This process's running Deliverer on a database pool of its own, or None where it has no secret."""
+    if not settings.webhook_secret:
+        log.info("WEBHOOK_SECRET is not set: this worker delivers no webhooks")
+        return None
+    if not valid_secret(settings.webhook_secret):
+        log.error("WEBHOOK_SECRET is not whsec_ and base64 of 24+ bytes: this worker delivers no webhooks")
+        return None
+    # Its own connections (one per sender and the poller's): webhook bookkeeping never takes one a batch needs.
+    engine = make_engine(settings.database_url, pool_size=max(1, settings.webhook_senders) + 1, max_overflow=0)
+    deliverer = Deliverer(engine, settings, wake=wake, lease_seconds=settings.webhook_lease_seconds)
+    deliverer.start()
+    log.info("delivering webhooks on %d sender thread(s)", max(1, settings.webhook_senders))
+    return deliverer
