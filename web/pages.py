@@ -8,7 +8,7 @@ from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
 from shared.config import Settings
-from shared.schema import State
+from shared.schema import FINAL_STATES, State
 from web import db, owner
 from web.schemas import MAX_IDS, MAX_WAIT_SECONDS
 
@@ -16,8 +16,11 @@ bp = Blueprint("pages", __name__)
 
 
 def page_config(cfg: Settings) -> dict[str, Any]:
-    """What the page's script must agree on with the API: the state names and the limits, from their definitions."""
+    """What the page's script must agree on with the API: the state names, which of them are final, and the
+    limits, from their definitions."""
     return {"states": {state.name: state.value for state in State},
+            # Sorted: the page is rendered the same way every time (a frozenset has no order of its own).
+            "finalStates": sorted(state.value for state in FINAL_STATES),
             "maxUploadBytes": cfg.max_upload_bytes,
             "maxFiles": cfg.max_files_per_request,
             "maxIdsPerPoll": MAX_IDS,

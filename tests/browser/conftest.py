@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, expect, sync_playwright
 
 from tests.helpers import TestServices
-from tests.stack import LiveStack, running_stack
+from tests.stack import LiveStack, running_stack, web_only_stack
 
 # As the environment notes advise: no sandbox as root, and no background calls to a network that is closed.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -34,10 +34,27 @@ def stack(database_url: str, redis_url: str) -> Iterator[LiveStack]:
         yield live
 
 
+@pytest.fixture(scope="module")
+def waiting_stack(database_url: str, redis_url: str) -> Iterator[LiveStack]:
+    """A web tier whose queue no worker serves: every upload stays PENDING, so its card can be cancelled."""
+    with web_only_stack(database_url, redis_url) as live:
+        yield live
+
+
 @pytest.fixture
 def page(browser: Browser, stack: LiveStack) -> Iterator[tuple[Page, list[str]]]:
     """The page at a desktop size; fails the test if the page logged an unexpected error."""
-    page, problems = open_page(browser, stack.base_url, viewport={"width": 1200, "height": 900})
+    yield from _checked_page(browser, stack)
+
+
+@pytest.fixture
+def waiting_page(browser: Browser, waiting_stack: LiveStack) -> Iterator[tuple[Page, list[str]]]:
+    """The page at a desktop size on the stack without a worker; checked as `page` is."""
+    yield from _checked_page(browser, waiting_stack)
+
+
+def _checked_page(browser: Browser, live: LiveStack) -> Iterator[tuple[Page, list[str]]]:
+    page, problems = open_page(browser, live.base_url, viewport={"width": 1200, "height": 900})
     yield page, problems
     assert real_problems(problems) == []
     expect(page.locator("#error")).to_be_hidden()  # no page-wide trouble (lost connection, retries)
@@ -67,9 +84,7 @@ def open_page(browser: Browser, base_url: str, **context_args) -> tuple[Page, li
 
     def console(msg: ConsoleMessage) -> None:
         if msg.type == "error":
-            # Chromium logs every 4xx/5xx; only those of POST /predict may be provoked by a test.
-            refused = msg.location.get("url", "").endswith("/predict") and "status of" in msg.text
-            problems.append(f"{PROVOKED} {msg.text}" if refused else msg.text)
+            problems.append(f"{PROVOKED} {msg.text}" if expected_refusal(msg) else msg.text)
 
     page.on("console", console)
     page.on("pageerror", lambda exc: problems.append(str(exc)))
@@ -83,10 +98,19 @@ def open_page(browser: Browser, base_url: str, **context_args) -> tuple[Page, li
     return page, problems
 
 
+def expected_refusal(msg: ConsoleMessage) -> bool:
+    """Whether a console error is Chromium logging an answer the page expects and explains: any refused
+    POST /predict (a test provokes them), or a 409 to a cancel (the upload finished first: the page shows it)."""
+    url = msg.location.get("url", "")
+    if "status of" not in msg.text:
+        return False
+    return url.endswith("/predict") or (url.endswith("/cancel") and "status of 409" in msg.text)
+
+
 def real_problems(problems: list[str]) -> list[str]:
     """The page's problems, less the refused uploads a test provoked on purpose (the browser logs their status)."""
     return [p for p in problems if not p.startswith(PROVOKED)]
 
 
-# How the browser logs a refused POST /predict (see open_page): a status a test asked for, not a fault.
-PROVOKED = "refused upload:"
+# How a refusal the page expects is logged (see expected_refusal): a status a test asked for, not a fault.
+PROVOKED = "expected refusal:"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import requests
-from playwright.sync_api import FilePayload, Page, expect
+from playwright.sync_api import FilePayload, Locator, Page, expect
 
 from tests.helpers import png_bytes
 
@@ -53,3 +53,35 @@ def upload_refused_file(page: Page, name: str = "notes.txt") -> None:
     card = page.locator(".card", has_text=name)
     expect(card).to_have_attribute("data-state", "error")
     expect(card.locator(".card-error")).to_contain_text("not an image")
+
+
+def upload_and_leave_waiting(page: Page, name: str, data: bytes) -> Locator:
+    """Choose one PNG on a stack without a worker; its card once it is queued and offers to cancel."""
+    page.set_input_files("#file-input", files=[png_file(name, data)])
+    card = page.locator(".card", has_text=name)
+    expect(card.get_by_role("button", name=f"Cancel reading {name}")).to_be_visible()
+    return card
+
+
+def task_id_of(card: Locator) -> str:
+    """The task id the API gave the card's upload."""
+    task_id = card.get_attribute("data-task-id")
+    assert task_id, "the card has no task id yet"
+    return task_id
+
+
+def api_status(page: Page, base_url: str, task_id: str) -> requests.Response:
+    """GET /tasks/<id> as the page's visitor, through the API."""
+    return requests.get(f"{base_url}/tasks/{task_id}", timeout=10, headers={"X-Owner-Token": owner_token(page)})
+
+
+def api_history(page: Page, base_url: str) -> dict:
+    """The visitor's first page of history, through the API."""
+    resp = requests.get(f"{base_url}/predictions", timeout=10, headers={"X-Owner-Token": owner_token(page)})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def history_row(page: Page, name: str) -> Locator:
+    """The history's row of the file of this name."""
+    return page.locator("#history tbody tr", has_text=name)

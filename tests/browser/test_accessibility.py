@@ -12,7 +12,14 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
-from tests.browser.pages import HISTORY_PAGE_SIZE, upload_and_wait_for_answer, upload_as_visitor, upload_refused_file
+from shared.schema import State
+from tests.browser.pages import (
+    HISTORY_PAGE_SIZE,
+    upload_and_leave_waiting,
+    upload_and_wait_for_answer,
+    upload_as_visitor,
+    upload_refused_file,
+)
 from tests.helpers import png_bytes
 from tests.stack import LiveStack
 
@@ -84,6 +91,41 @@ def test_the_history_paged_once_has_no_accessibility_violations(page: DesktopPag
     tab.locator("#history-next").click()
     expect(label).to_contain_text("Page 2 of 2")
     expect(tab.locator("#history tbody tr")).to_have_count(2)
+    assert_accessible(tab)
+
+
+def test_cards_that_can_be_and_were_canceled_have_no_accessibility_violations(waiting_page: DesktopPage,
+                                                                             mnist: Any) -> None:
+    tab = waiting_page[0]
+    expect(tab.locator("#system")).to_contain_text("No worker is running")
+    upload_and_leave_waiting(tab, "waits.png", png_bytes(mnist.x_test[0]))
+    canceled = upload_and_leave_waiting(tab, "canceled.png", png_bytes(mnist.x_test[1]))
+    assert_accessible(tab)  # a card with its Cancel button, and the history's waiting rows
+
+    canceled.get_by_role("button", name="Cancel reading canceled.png").click()
+    expect(canceled).to_have_attribute("data-state", "canceled")
+    expect(tab.locator("#history tbody tr", has_text="canceled.png")).to_contain_text(State.CANCELED.value)
+    assert_accessible(tab)  # a canceled card (focus was on its button: now on the card) and a CANCELED row
+
+
+def test_the_history_with_delete_controls_and_their_confirmations_has_no_accessibility_violations(
+        page: DesktopPage, stack: LiveStack, mnist: Any) -> None:
+    tab = settled(page[0])
+    upload_as_visitor(tab, stack.base_url, mnist.x_test[:2], prefix="deletable")
+    tab.reload()
+    expect(tab.get_by_role("button", name="Delete deletable-1.png")).to_be_visible()
+    expect(tab.get_by_role("button", name="Delete all my uploads")).to_be_visible()
+    assert_accessible(tab)
+
+    tab.get_by_role("button", name="Delete deletable-1.png").click()
+    expect(tab.get_by_role("group", name="Delete deletable-1.png?")).to_be_visible()
+    assert_accessible(tab)  # the inline question with its Yes and No
+    tab.get_by_role("button", name="Yes, delete deletable-1.png").click()
+    expect(tab.locator("#history-status")).to_have_text("Deleted deletable-1.png.")
+    assert_accessible(tab)  # the announcement, and the row that took its place
+
+    tab.get_by_role("button", name="Delete all my uploads").click()
+    expect(tab.get_by_role("group", name="Delete your 1 upload? This cannot be undone.")).to_be_visible()
     assert_accessible(tab)
 
 

@@ -10,6 +10,8 @@ const cardTemplate = $("card-template");
 // (shared.schema.State) and the limits (settings, web/schemas.py).
 const config = JSON.parse($("page-config").textContent);
 const STATE = config.states;
+// Which states are final (a card stops waiting, its Cancel goes): the server's list, so a new one joins by itself.
+const FINAL = new Set(config.finalStates);
 
 const SLOW_AFTER_MS = 5000;   // a card still queued after this long says the queue is busy
 const LONG_POLL_S = Math.min(20, config.maxWaitSeconds);  // how long the server holds a status read for us
@@ -68,8 +70,13 @@ class Card {
     this.queuedAt = 0;
     this.askedAt = 0;
     this.final = false;
+    this.canceling = false;  // a cancel request is on its way
+    this.deleting = false;   // a delete request is on its way: no poll may ask for it (it is about to be a 404)
+    this.gone = false;       // deleted from the service
     this.node = cardTemplate.content.firstElementChild.cloneNode(true);
     this.node.card = this;  // the poller finds the cards through the list's nodes
+    this.cancelButton = this.node.querySelector(".cancel");
+    this.cancelButton.addEventListener("click", () => this.cancel());
     this.thumbUrl = URL.createObjectURL(file);
     const thumb = this.node.querySelector(".thumb");
     thumb.src = this.thumbUrl;
@@ -91,8 +98,27 @@ class Card {
     return Date.now() - this.queuedAt > SLOW_AFTER_MS;
   }
 
-  fail(message) {
+  // Final: nothing more to wait for or cancel. Focus on the Cancel button stays in the card, not lost to the page.
+  settle() {
     this.final = true;
+    const button = this.cancelButton;
+    if (button.hidden) return;
+    const hadFocus = document.activeElement === button;
+    button.hidden = true;
+    if (hadFocus) {
+      this.node.tabIndex = -1;
+      this.node.focus();
+    }
+  }
+
+  note(text) {
+    const box = this.node.querySelector(".card-note");
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  fail(message) {
+    this.settle();
     this.setState("Not read", "error");
     const box = this.node.querySelector(".card-error");
     box.textContent = message;
@@ -104,17 +130,69 @@ class Card {
     this.queuedAt = Date.now();
     this.node.dataset.taskId = taskId;
     this.setState("Queued…", "queued");
+    this.cancelButton.setAttribute("aria-label", `Cancel reading ${this.file.name}`);
+    this.cancelButton.hidden = false;
+  }
+
+  // POST /tasks/<id>/cancel. A 409 means it finished first: the card shows the answer that won the race.
+  async cancel() {
+    if (this.canceling || this.final) return;
+    this.canceling = true;
+    this.cancelButton.setAttribute("aria-disabled", "true");
+    this.note("");
+    try {
+      const response = await fetch(`/tasks/${encodeURIComponent(this.taskId)}/cancel`,
+        { method: "POST", headers: { Accept: "application/json" } });
+      if (response.ok || response.status === 409) {
+        const body = await response.json();
+        const doc = response.ok ? body : body.task;
+        if (doc.state !== STATE.CANCELED) this.note("It finished before the cancel arrived.");
+        this.update(doc);
+        history.refreshSoon();
+        refreshSystemSoon();
+        poller.wake();  // the running poll still asks for this card: start one without it
+      } else if (response.status === 404) {
+        this.fail("The service no longer knows this upload.");
+      } else {
+        this.note(`Not canceled: ${await refusal(response)}`);
+      }
+    } catch (_) {
+      this.note("Not canceled: the service could not be reached. Try again.");
+    } finally {
+      this.canceling = false;
+      this.cancelButton.removeAttribute("aria-disabled");
+    }
+  }
+
+  deleted() {
+    this.deleting = false;
+    this.gone = true;
+    this.settle();
+    this.setState("Deleted: the service no longer keeps this upload.", "deleted");
+    this.node.querySelector(".answer").hidden = true;
+    this.note("");
   }
 
   // Shows the status document from GET /tasks; true once the card is final.
   update(doc) {
+    if (this.final) return true;  // an answer read before a cancel or delete landed changes nothing
     if (doc.state === STATE.SUCCESS) {
-      this.final = true;
+      this.settle();
       this.showAnswer(doc);
       return true;
     }
     if (doc.state === STATE.FAILURE) {
       this.fail(doc.error || "The image could not be read.");
+      return true;
+    }
+    if (doc.state === STATE.CANCELED) {
+      this.settle();
+      this.setState("Canceled: it will not be read.", "canceled");
+      return true;
+    }
+    if (FINAL.has(doc.state)) {  // a final state newer than this script: still final
+      this.settle();
+      this.setState(`Finished: ${doc.state}`, "done");
       return true;
     }
     if (doc.state === STATE.STARTED) {
@@ -181,6 +259,7 @@ async function send(cards) {
     }
     tasks.forEach((task, i) => cards[i].queued(task.task_id));
     poller.wake();
+    history.refreshSoon();  // waiting uploads are history too: they can be deleted before they are read
     return;
   }
   const message = await refusal(response);
@@ -228,7 +307,7 @@ const poller = {
   pending() {  // the least recently asked first, so that more cards than one poll may ask for all get their turn
     return Array.from(cardsList.children)
       .map((node) => node.card)
-      .filter((card) => card && card.taskId && !card.final)
+      .filter((card) => card && card.taskId && !card.final && !card.deleting)
       .sort((a, b) => a.askedAt - b.askedAt);
   },
 
@@ -257,7 +336,8 @@ const poller = {
           if (!response.ok) throw new Error(await refusal(response));
           const { tasks } = await response.json();
           let finished = false;
-          tasks.forEach((doc, i) => { finished = batch[i].update(doc) || finished; });
+          // A card canceled or deleted meanwhile is final already: this answer is older news.
+          tasks.forEach((doc, i) => { if (!batch[i].final) finished = batch[i].update(doc) || finished; });
           if (finished) {  // answers arrive: the history and the service line (workers, queue) have news too
             history.refreshSoon();
             refreshSystemSoon();
@@ -408,19 +488,127 @@ function refreshSystemSoon() {  // many answers arrive together: one refresh for
   systemTimer = setTimeout(refreshSystem, 300);
 }
 
+// ---- Confirming a delete: "Delete …? Yes / No" in place of the button that asked ----
+
+const confirmTemplate = $("confirm-template");
+let confirmCount = 0;
+
+const confirmer = {
+  open: null,  // the confirmation on screen (one at a time): { close(answer) }
+
+  // Resolves true for Yes, false for No, Escape or another confirmation opened instead. "No" has the focus:
+  // a stray Enter keeps the data.
+  ask(anchor, question, yesName, noName) {
+    if (this.open) this.open.close(false);
+    return new Promise((resolve) => {
+      const box = confirmTemplate.content.firstElementChild.cloneNode(true);
+      const label = box.querySelector(".question");
+      label.id = `confirm-${(confirmCount += 1)}`;
+      label.textContent = question;
+      box.setAttribute("aria-labelledby", label.id);
+      const yes = box.querySelector(".yes");
+      const no = box.querySelector(".no");
+      yes.setAttribute("aria-label", yesName);
+      no.setAttribute("aria-label", noName);
+      const handle = {
+        close: (answer) => {
+          if (this.open !== handle) return;
+          this.open = null;
+          const hadFocus = box.contains(document.activeElement);
+          box.remove();
+          anchor.hidden = false;
+          if (hadFocus) anchor.focus();
+          resolve(answer);
+          history.resume();  // a reload that waited for the answer
+        },
+      };
+      this.open = handle;
+      yes.addEventListener("click", () => handle.close(true));
+      no.addEventListener("click", () => handle.close(false));
+      box.addEventListener("keydown", (event) => {
+        if (event.key === "Escape") { event.preventDefault(); handle.close(false); }
+      });
+      anchor.hidden = true;
+      anchor.after(box);
+      no.focus();
+    });
+  },
+};
+
+// DELETE one upload or all of them. The cards concerned leave the poll first: a deleted id is a 404 to it.
+async function erase(url, cards) {
+  cards.forEach((card) => { card.deleting = true; });
+  poller.wake();
+  let response = null;
+  try {
+    response = await fetch(url, { method: "DELETE" });
+  } catch (_) { /* reported below */ }
+  if (response && response.status === 204) {
+    cards.forEach((card) => card.deleted());
+    return true;
+  }
+  cards.forEach((card) => { card.deleting = false; });
+  poller.wake();
+  history.say(response ? `Nothing was deleted: ${await refusal(response)}` : "Nothing was deleted: the service "
+    + "could not be reached. Try again.");
+  return false;
+}
+
+function cardsOf(taskIds) {  // the cards on this page of these uploads (all of them: null)
+  return Array.from(cardsList.children).map((node) => node.card)
+    .filter((card) => card && card.taskId && !card.gone && (taskIds === null || taskIds.includes(card.taskId)));
+}
+
 // ---- History: this visitor's uploads from the database, paged ----
+
+function historyCell(item, column) {
+  const td = document.createElement("td");
+  if (column === "when") {
+    td.textContent = item.created_at
+      ? new Date(item.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "";
+  } else if (column === "file") {
+    td.textContent = item.filename || "";
+    if (item.data_removed) {  // retention took the image's bytes; the answer stays
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "image removed";
+      td.append(" ", tag);
+    }
+  } else if (column === "state") {
+    td.textContent = item.state;
+    td.className = `state-cell ${item.state.toLowerCase()}`;
+  } else if (column === "digit") {
+    td.textContent = item.digit ?? "";
+  } else if (column === "confidence") {
+    td.textContent = item.confidence == null ? "" : percent(item.confidence);
+  } else if (column === "model") {
+    td.textContent = item.model_version ? modelLabel(item) : "";
+  }
+  return td;
+}
 
 const history = {
   page: 1,
   perPage: 10,
+  total: 0,
   timer: null,
+  waiting: false,  // a reload came while a confirmation was open: it follows the answer
 
   refreshSoon() {  // many answers arrive together: one reload for all of them
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.load(), 300);
   },
 
+  resume() {
+    if (this.waiting) { this.waiting = false; this.load(); }
+  },
+
+  say(text) {
+    $("history-status").textContent = text;
+  },
+
   async load() {
+    if (confirmer.open) { this.waiting = true; return; }  // never redraw the rows under an open question
     let page;
     try {
       const response = await fetch(`/predictions?page=${this.page}&per_page=${this.perPage}`);
@@ -430,28 +618,84 @@ const history = {
       $("history-page").textContent = `History unavailable: ${err.message}`;
       return;
     }
+    if (confirmer.open) { this.waiting = true; return; }  // asked while this read was on its way
     const pages = Math.max(1, Math.ceil(page.total / page.per_page));
-    const rows = page.items.map((item) => {
-      const tr = document.createElement("tr");
-      [
-        item.created_at ? new Date(item.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "",
-        item.filename || "",
-        item.state,
-        item.digit ?? "",
-        item.confidence == null ? "" : percent(item.confidence),
-        item.model_version ? modelLabel(item) : "",
-      ].forEach((text) => { const td = document.createElement("td"); td.textContent = text; tr.append(td); });
-      return tr;
-    });
-    document.querySelector("#history tbody").replaceChildren(...rows);
+    if (this.page > pages) {  // the last rows of the last page were deleted: show the page before
+      this.page = pages;
+      await this.load();
+      return;
+    }
+    this.total = page.total;
+    document.querySelector("#history tbody").replaceChildren(...page.items.map((item) => this.row(item)));
     $("history-page").textContent = page.total ? `Page ${page.page} of ${pages} (${page.total} in all)` : "Empty";
     $("history-prev").disabled = this.page <= 1;
     $("history-next").disabled = this.page >= pages;
+    $("erase").hidden = !page.total;
+  },
+
+  row(item) {
+    const tr = document.createElement("tr");
+    ["when", "file", "state", "digit", "confidence", "model"].forEach((column) => tr.append(historyCell(item, column)));
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "small secondary danger delete";
+    button.textContent = "Delete";
+    const name = item.filename || "this upload";
+    button.setAttribute("aria-label", `Delete ${name}`);
+    button.addEventListener("click", () => this.remove(item, name, button));
+    actions.append(button);
+    tr.append(actions);
+    return tr;
+  },
+
+  async remove(item, name, button) {
+    this.say("");
+    if (!await confirmer.ask(button, `Delete ${name}?`, `Yes, delete ${name}`, `No, keep ${name}`)) return;
+    const rows = Array.from(document.querySelectorAll("#history tbody tr"));
+    const index = rows.indexOf(button.closest("tr"));
+    button.disabled = true;
+    if (!await erase(`/tasks/${encodeURIComponent(item.task_id)}`, cardsOf([item.task_id]))) {
+      button.disabled = false;
+      button.focus();
+      return;
+    }
+    button.closest("tr").remove();
+    this.say(`Deleted ${name}.`);
+    await this.load();
+    // The keyboard stays in the table: on the row that took this one's place, or the heading once it is empty.
+    const left = document.querySelectorAll("#history tbody button.delete");
+    (left[Math.min(index, left.length - 1)] || $("history-title")).focus();
+  },
+
+  async removeAll() {
+    const button = $("erase-all");
+    this.say("");
+    const what = this.total === 1 ? "your 1 upload" : `all ${this.total} of your uploads`;
+    if (!await confirmer.ask(button, `Delete ${what}? This cannot be undone.`, `Yes, delete ${what}`,
+      "No, keep them")) return;
+    button.disabled = true;
+    const done = await erase("/predictions", cardsOf(null));
+    button.disabled = false;
+    if (!done) { button.focus(); return; }
+    this.say("Deleted all your uploads.");
+    this.page = 1;
+    await this.load();
+    $("history-title").focus();
   },
 };
 
-$("history-prev").addEventListener("click", () => { history.page = Math.max(1, history.page - 1); history.load(); });
-$("history-next").addEventListener("click", () => { history.page += 1; history.load(); });
+// Paging away answers an open question with No: its row is about to leave the screen.
+function turnPage(page) {
+  if (confirmer.open) confirmer.open.close(false);
+  history.page = Math.max(1, page);
+  history.load();
+}
+
+$("history-prev").addEventListener("click", () => turnPage(history.page - 1));
+$("history-next").addEventListener("click", () => turnPage(history.page + 1));
+$("erase-all").addEventListener("click", () => history.removeAll());
 
 setUpPad();
 refreshSystem();
