@@ -98,8 +98,9 @@ class Pipeline:
             docs = predictions.stored_documents(conn, task_ids)
         for task_id in task_ids:
             if task_id not in found:
-                # The web writes the row before it enqueues, so this is a message from elsewhere: report, don't crash.
-                log.error("task %s has no row in the database; dropping it", task_id)
+                # The web writes the row before it enqueues, so the upload was deleted while its message waited
+                # (or the message came from elsewhere): nothing to do, nothing to crash on.
+                log.warning("task %s has no row in the database (deleted?); dropping its message", task_id)
                 docs[task_id] = status_document({"task_id": task_id, "state": State.FAILURE.value,
                                                  "error": "unknown upload"})
         return docs
