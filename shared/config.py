@@ -144,6 +144,8 @@ class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIGITS_", extra="ignore")
 
     url: str = Field("http://127.0.0.1:8000", description="Base URL of the web tier")
+    owner_token: str | None = Field(None, description="The client's owner token (DIGITS_OWNER_TOKEN): its history, "
+                                                      "cancels, deletes and idempotency keys")
 
 
 class BenchSettings(BaseSettings):

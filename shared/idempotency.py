@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from shared.schema import IdempotencyKey, utcnow
 
@@ -61,14 +62,21 @@ def recall(conn: Connection, owner: str, key: str, ttl_seconds: float) -> Rememb
 
 def remember(conn: Connection, owner: str, key: str, request_sha256: str, task_ids: Sequence[str],
              ttl_seconds: float) -> None:
-    """Store the key in the caller's transaction; an expired record of it is replaced.
+    """Store the key in the caller's transaction; an expired record of it is taken over in place.
 
-    Raises the database's IntegrityError when a live record exists (or another transaction holds the key).
+    Raises the database's IntegrityError when a live record exists (a concurrent duplicate's INSERT waits on the
+    unique index until the first transaction ends). The INSERT comes first: a DELETE of expired records before
+    it would take gap locks on which concurrent duplicates deadlock.
     """
-    conn.execute(delete(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key,
-                                     COLUMNS.created_at < utcnow() - timedelta(seconds=ttl_seconds)))
-    conn.execute(insert(TABLE).values(owner=owner, idem_key=key, request_sha256=request_sha256,
-                                      task_ids=list(task_ids), created_at=utcnow()))
+    values = {"request_sha256": request_sha256, "task_ids": list(task_ids), "created_at": utcnow()}
+    try:
+        conn.execute(insert(TABLE).values(owner=owner, idem_key=key, **values))
+    except IntegrityError:
+        # Only the failed statement was undone: the caller's transaction goes on.
+        expired = COLUMNS.created_at < utcnow() - timedelta(seconds=ttl_seconds)
+        if not conn.execute(update(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key, expired)
+                            .values(**values)).rowcount:
+            raise
 
 
 def forget(conn: Connection, owner: str, key: str) -> None:

@@ -13,20 +13,21 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 
-from shared import predictions, statuses
+from shared import deliveries, predictions, statuses
 from shared.config import Settings
 from shared.imaging import ImageLimits, ImageRejected, inspect_image
 from shared.queue import queue_length
 from shared.schema import FINAL_STATES, Prediction
 from shared.workers import live_workers
-from web import db
+from web import db, submit
 from web.errors import ApiError
-from web.ingest import QueueUnavailable
+from web.ingest import Keyed, KeyInUse, KeyReused, QueueUnavailable
 from web.limits import limiter, upload_limit, uploads_unlimited
 from web.openapi import documented
 from web.owner import current_or_new, is_operator, presented
 from web.results import Subscription
 from web.schemas import (
+    REPLAYED,
     TASK_ID,
     Accepted,
     ErrorDocument,
@@ -34,6 +35,7 @@ from web.schemas import (
     HistoryPage,
     OwnerHeader,
     PageQuery,
+    PredictHeaders,
     PredictQuery,
     Status,
     Statuses,
@@ -52,8 +54,8 @@ MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "im
 REJECTION_STATUS = {"not_an_image": 415, "unsupported_format": 415}
 
 
-def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int, owner: str | None
-                 ) -> predictions.NewUpload:
+def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int, owner: str | None,
+                 hook: submit.Hook | None) -> predictions.NewUpload:
     """Read one multipart file and check it is an image we can take, or raise ApiError."""
     name = (storage.filename or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or None
     label = f"'{name}'" if name else "The file"
@@ -67,7 +69,8 @@ def _read_upload(storage: FileStorage, limits: ImageLimits, max_bytes: int, owne
     except ImageRejected as exc:
         raise ApiError(REJECTION_STATUS.get(exc.code, 400), exc.code, f"{label}: {exc}") from exc
     return predictions.NewUpload(data=data, filename=name, content_type=MIME.get(info.format), width=info.width,
-                                 height=info.height, owner=owner)
+                                 height=info.height, owner=owner, webhook_url=hook.url if hook else None,
+                                 webhook_events=hook.events if hook else None)
 
 
 def _size(n: int) -> str:
@@ -82,48 +85,107 @@ def _status_url(task_id: str) -> str:
     return url_for("api.task_status", task_id=task_id)
 
 
+REPLAYED_TEXT = "`true` when the answer replays an earlier request with the same Idempotency-Key (nothing new made)"
+
+
 @bp.post("/predict")
-@documented(query=PredictQuery, headers=OwnerHeader, form=upload_form, responses={
+@documented(query=PredictQuery, headers=PredictHeaders, form=upload_form, responses={
     200: (Final, "With `wait`: every upload final within it; their status documents"),
-    202: (Accepted, "Recorded and queued"),
-    400: (ErrorDocument, "Not a usable image, blank, more than {max_files_per_request} files, or a bad `wait`"),
+    202: (Accepted, "Recorded and queued (or, replaying an Idempotency-Key, recorded before)"),
+    400: (ErrorDocument, "Not a usable image, blank, more than {max_files_per_request} files, a bad `wait`, a bad "
+                         "Idempotency-Key or one without an owner token, or a webhook refused (bad_webhook, "
+                         "webhook_not_allowed, bad_webhook_events, webhooks_disabled)"),
+    409: (ErrorDocument, "The Idempotency-Key's first request is still being recorded; retry"),
     413: (ErrorDocument, "A file over {max_upload_bytes} bytes"),
     415: (ErrorDocument, "Not an image, or not multipart/form-data"),
+    422: (ErrorDocument, "The Idempotency-Key was used for another request (other files or webhook fields)"),
     429: (ErrorDocument, "Too many uploads from this address; see Retry-After"),
-    503: (ErrorDocument, "Queue or database unavailable")})
+    503: (ErrorDocument, "Queue or database unavailable")},
+    response_headers={200: {REPLAYED: REPLAYED_TEXT}, 202: {REPLAYED: REPLAYED_TEXT}})
 @limiter.limit(upload_limit, exempt_when=uploads_unlimited)
 def predict() -> ResponseReturnValue:
     """Upload one or several images (multipart field `file`); `?wait=S` answers with the digits.
 
     Validate, record (before answering) and enqueue uploads: 202 with their task ids, or with `?wait=S` 200 and
-    their final status documents once all are final within S seconds.
+    their final status documents once all are final within S seconds. With an `Idempotency-Key`, a retry of the
+    same request answers as the first one would now, with the same task ids, and makes nothing new.
     """
     wait = PredictQuery.parse(request.args).wait  # a bad wait is refused before anything is accepted
-    uploads = _read_uploads(db.settings(), current_or_new())
-    ids = [upload.task_id for upload in uploads]
+    cfg = db.settings()
+    key = submit.idempotency_key()
+    owner = submit.key_owner() if key is not None else current_or_new()
+    hook = submit.webhook(cfg)
+    uploads = _read_uploads(cfg, owner, hook)
+    ids, names = [upload.task_id for upload in uploads], [upload.filename for upload in uploads]
     waiter = db.result_waiter()
     # Subscribed before the uploads are queued: no worker can publish a result before we listen.
     with waiter.slot(wait) as may_wait, waiter.subscription(*ids) as heard:
-        try:
-            rows = db.ingest().accept(uploads)
-        except QueueUnavailable as exc:
-            raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly."
-                           ) from exc
+        replayed = _accept(uploads, None if key is None else submit.keyed(owner, key, uploads, hook, cfg))
+        if replayed is not None:
+            return _replay(replayed, names, wait if may_wait else 0.0)
         g.accepted_uploads = len(ids)
         if may_wait:
-            docs = _hold(ids, heard, time.monotonic() + wait, all, {})
-            if all(docs.get(t, {}).get("state") in FINAL_STATES for t in ids):
-                final = [docs[t] for t in ids]
-                return jsonify(final[0] if len(final) == 1 else {"tasks": final}), 200
-    if len(rows) == 1:
-        body: dict[str, Any] = {"task_id": ids[0], "status_url": _status_url(ids[0])}
-        return jsonify(body), 202, {"Location": body["status_url"]}
-    tasks = [{"task_id": r["task_id"], "status_url": _status_url(r["task_id"]), "filename": r["filename"]}
-             for r in rows]
-    return jsonify({"tasks": tasks, "status_url": url_for("api.tasks_status", ids=",".join(ids))}), 202
+            answer = _final_answer(ids, _hold(ids, heard, time.monotonic() + wait, all, {}))
+            if answer is not None:
+                return answer
+    return _accepted(ids, names)
 
 
-def _read_uploads(cfg: Settings, owner: str | None) -> list[predictions.NewUpload]:
+def _accept(uploads: list[predictions.NewUpload], keyed: Keyed | None) -> list[str] | None:
+    """Record and enqueue the uploads; None, or the task ids an earlier request with the same key made."""
+    try:
+        if keyed is None:
+            db.ingest().accept(uploads)
+            return None
+        answer = db.ingest().accept_keyed(uploads, keyed)
+    except QueueUnavailable as exc:
+        raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
+    except KeyReused as exc:
+        raise ApiError(422, "idempotency_key_reused", "This Idempotency-Key was used for another request (other "
+                                                      "files or webhook fields); use a new key for a new request."
+                       ) from exc
+    except KeyInUse as exc:
+        raise ApiError(409, "idempotency_key_in_use", "A request with this Idempotency-Key is still being "
+                                                      "recorded; retry in a moment.") from exc
+    return answer.task_ids if answer.replayed else None
+
+
+def _replay(task_ids: list[str], names: list[str | None], wait: float) -> ResponseReturnValue:
+    """Answer as the key's first request would now: 202 with its task ids, or 200 if all are final within `wait`."""
+    g.replayed_uploads = len(task_ids)
+    headers = {REPLAYED: "true"}
+    if wait <= 0:
+        return _accepted(task_ids, names, headers)
+    with db.result_waiter().subscription(*task_ids) as heard:  # before the read: nothing published is missed
+        docs = _statuses(task_ids)
+        # Uploads deleted since the first request are not waited for: they will never be final.
+        if len(docs) == len(task_ids):
+            docs = _hold(task_ids, heard, time.monotonic() + wait, all, docs)
+    return _final_answer(task_ids, docs, headers) or _accepted(task_ids, names, headers)
+
+
+def _final_answer(task_ids: list[str], docs: dict[str, dict[str, Any]], headers: dict[str, str] | None = None
+                  ) -> ResponseReturnValue | None:
+    """One-request mode's 200 with the final documents, or None if some upload is not final."""
+    if not all(docs.get(t, {}).get("state") in FINAL_STATES for t in task_ids):
+        return None
+    final = [docs[t] for t in task_ids]
+    return jsonify(final[0] if len(final) == 1 else {"tasks": final}), 200, headers or {}
+
+
+def _accepted(task_ids: list[str], names: list[str | None], headers: dict[str, str] | None = None
+              ) -> ResponseReturnValue:
+    """The 202: the uploads' task ids and where to follow them."""
+    if len(task_ids) == 1:
+        body: dict[str, Any] = {"task_id": task_ids[0], "status_url": _status_url(task_ids[0])}
+        return jsonify(body), 202, {"Location": body["status_url"], **(headers or {})}
+    tasks = [{"task_id": t, "status_url": _status_url(t), "filename": name}
+             for t, name in zip(task_ids, names, strict=True)]
+    many = {"tasks": tasks, "status_url": url_for("api.tasks_status", ids=",".join(task_ids))}
+    return jsonify(many), 202, headers or {}
+
+
+def _read_uploads(cfg: Settings, owner: str | None, hook: submit.Hook | None) -> list[predictions.NewUpload]:
     """The request's files, each checked to be an image we can take, or an ApiError."""
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type",
@@ -135,7 +197,7 @@ def _read_uploads(cfg: Settings, owner: str | None) -> list[predictions.NewUploa
         raise ApiError(400, "too_many_files", f"At most {cfg.max_files_per_request} files per request.")
     limits = ImageLimits(max_pixels=cfg.max_image_pixels, max_side=cfg.max_image_side,
                          min_side=cfg.min_image_side)
-    return [_read_upload(f, limits, cfg.max_upload_bytes, owner) for f in files]
+    return [_read_upload(f, limits, cfg.max_upload_bytes, owner, hook) for f in files]
 
 
 def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -225,6 +287,7 @@ def tasks_status() -> ResponseReturnValue:
     200: (HistoryPage, "A page of history"),
     400: (ErrorDocument, "Bad page parameters"),
     401: (ErrorDocument, "Operator credentials that are not valid"),
+    414: (None, "A request line longer than the server reads (gunicorn's limit_request_line)"),
     503: (ErrorDocument, "Database unavailable")})
 # Guessing the operators' password: ten wrong tries a minute per address (right ones are not counted).
 @limiter.limit("10/minute", deduct_when=lambda response: response.status_code == 401)
@@ -242,7 +305,9 @@ def predictions_page() -> ResponseReturnValue:
     rows = session.scalars(
         select(Prediction).where(*mine).order_by(Prediction.id.desc()).offset((page - 1) * per_page).limit(per_page)
     ).all()
-    items = [row.status_document() | {"filename": row.filename} for row in rows]
+    # The webhooks' deliveries, as GET /tasks reports them (one query for the page).
+    hooked = deliveries.reports(session.connection(), [row.task_id for row in rows if row.webhook_url])
+    items = [row.status_document(hooked.get(row.task_id)) | {"filename": row.filename} for row in rows]
     return jsonify({"items": items, "page": page, "per_page": per_page, "total": total})
 
 

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         operators=owner.operator_credentials(settings.admin_basic_auth),
     )
 
-    from web import api, errors, headers, health, limits, metrics, openapi, pages
+    from web import api, errors, headers, health, limits, metrics, openapi, pages, tasks
     from web.db import close_session
 
     app.teardown_appcontext(close_session)
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     metrics.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(tasks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     return app

@@ -5,20 +5,25 @@ queued. Uploads arriving within `max_wait` of each other (a few milliseconds) ar
 multi-row INSERT and sent as one batch message; a lone upload waits no longer than that, and is sent as
 its own task. Every upload keeps its own row and task id, and a request is answered only after its rows
 are committed: "202 means it is in MySQL" holds for each of them.
+
+A request with an Idempotency-Key does not join a group: its key and rows are written in a transaction of
+its own (a repeated key fails on the unique index, which would abort every other request of a group).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shared import predictions
+from shared import idempotency, predictions
 from shared.batching import Batcher
 from shared.queue import enqueue
 
@@ -29,7 +34,37 @@ class QueueUnavailable(Exception):
     """The uploads could not be queued, so they were not accepted (their rows were withdrawn)."""
 
 
+class KeyReused(Exception):
+    """The Idempotency-Key was used before for another request (other files or fields)."""
+
+
+class KeyInUse(Exception):
+    """The Idempotency-Key's first request is still being recorded, and did not end in time."""
+
+
 Rows = list[dict[str, Any]]
+# MySQL's error numbers: a lock wait that timed out (the key's first request holds it), and a deadlock between
+# two transactions inserting the same key (one is rolled back and simply tries again).
+LOCK_WAIT_TIMEOUT, DEADLOCK = 1205, 1213
+KEYED_TRIES = 8
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """A request's Idempotency-Key, scoped to its owner, and what the request asks for (its fingerprint)."""
+
+    owner: str
+    key: str
+    fingerprint: str
+    ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class KeyedAnswer:
+    """The uploads an idempotent request stands for; replayed when an earlier request with its key made them."""
+
+    task_ids: list[str]
+    replayed: bool
 
 
 class Ingest:
@@ -70,3 +105,62 @@ class Ingest:
             out.append(rows[start:start + len(request)])
             start += len(request)
         return out
+
+    def accept_keyed(self, uploads: Sequence[predictions.NewUpload], keyed: Keyed) -> KeyedAnswer:
+        """Record the uploads with their key in one transaction and enqueue them, or find what the key made.
+
+        Raises KeyReused (the key named another request), KeyInUse (its first request still holds it) or
+        QueueUnavailable (rows and key withdrawn).
+        """
+        answer = self.record_keyed(uploads, keyed)
+        if answer.replayed:
+            return answer
+        try:
+            enqueue(self._producer, self._queue, answer.task_ids, self._retry_policy)
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            log.error("could not enqueue %d upload(s): %s", len(answer.task_ids), exc)
+            # Neither the rows nor the key were accepted: a retry with the key must record them anew.
+            with self._engine.begin() as conn:
+                predictions.withdraw(conn, answer.task_ids)
+                idempotency.forget(conn, keyed.owner, keyed.key)
+            raise QueueUnavailable(str(exc)) from exc
+        log.info("accepted %d upload(s) of 1 keyed request: %s", len(answer.task_ids), ", ".join(answer.task_ids),
+                 extra={"task_ids": answer.task_ids})
+        return answer
+
+    def record_keyed(self, uploads: Sequence[predictions.NewUpload], keyed: Keyed) -> KeyedAnswer:
+        """Commit the key and the uploads' rows together, unless the key is known; what the key stands for.
+
+        tests/fault wraps this method to kill the process right after the commit, before anything is queued.
+        """
+        for _ in range(KEYED_TRIES):
+            try:
+                with self._engine.begin() as conn:
+                    found = self._recall(conn, keyed)
+                    if found is not None:
+                        return found
+                    idempotency.remember(conn, keyed.owner, keyed.key, keyed.fingerprint,
+                                         [u.task_id for u in uploads], keyed.ttl_seconds)
+                    rows = predictions.record(conn, uploads, self._queue)
+                return KeyedAnswer([row["task_id"] for row in rows], replayed=False)
+            except IntegrityError:
+                # A concurrent request with this key committed first (our INSERT waited for it): recall it.
+                log.info("Idempotency-Key recorded by a concurrent request; replaying it")
+            except OperationalError as exc:
+                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+                if code == LOCK_WAIT_TIMEOUT:
+                    raise KeyInUse(str(exc)) from exc
+                if code != DEADLOCK:
+                    raise
+                log.info("Idempotency-Key insert deadlocked with a concurrent one; trying again")
+        raise KeyInUse("the key's first request did not settle")
+
+    @staticmethod
+    def _recall(conn: Connection, keyed: Keyed) -> KeyedAnswer | None:
+        """The uploads an earlier request with this key made, or None; KeyReused if it asked for something else."""
+        found = idempotency.recall(conn, keyed.owner, keyed.key, keyed.ttl_seconds)
+        if found is None:
+            return None
+        if found.request_sha256 != keyed.fingerprint:
+            raise KeyReused(keyed.key)
+        return KeyedAnswer(found.task_ids, replayed=True)

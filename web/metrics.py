@@ -27,8 +27,12 @@ bp = Blueprint("metrics", __name__)
 REQUESTS = Counter("digits_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
 LATENCY = Histogram("digits_http_request_seconds", "Time to answer an HTTP request", ["endpoint"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-UPLOADS = Counter("digits_uploads_total", "Uploaded files by outcome (accepted, or the refusal's code)",
-                  ["outcome"])
+UPLOADS = Counter("digits_uploads_total", "Uploaded files by outcome (accepted, replayed for an Idempotency-Key's "
+                  "repeat, or the refusal's code)", ["outcome"])
+
+CANCELED = Counter("digits_canceled_total", "Uploads canceled on request, by whom (owner or operator)", ["by"])
+DELETED = Counter("digits_deleted_total", "Uploads deleted on request, by whom (owner, operator or erasure of all "
+                  "of an owner's)", ["by"])
 
 
 def count_uploads(outcome: str, n: int = 1) -> None:
@@ -63,7 +67,9 @@ def register(app: Flask) -> None:
             LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         REQUESTS.labels(method=request.method, endpoint=endpoint, status=str(response.status_code)).inc()
         if request.endpoint == "api.predict":
-            if response.status_code in (200, 202):  # 200: accepted and answered in one request (?wait=)
+            if "replayed_uploads" in g:  # an Idempotency-Key's repeat: nothing new was accepted
+                count_uploads("replayed", g.replayed_uploads)
+            elif response.status_code in (200, 202):  # 200: accepted and answered in one request (?wait=)
                 count_uploads("accepted", g.get("accepted_uploads", 1))
             else:
                 count_uploads(g.get("error_code", f"http_{response.status_code}"))

@@ -38,6 +38,8 @@ class Route:
     headers: type[BaseModel] | None = None
     form: Callable[[Settings], type[BaseModel]] | None = None  # built from the app's settings (its limits)
     path_parameters: Mapping[str, str] = field(default_factory=dict)
+    # Response headers by status, {name: description}: spectree has no way to say them, description() adds them.
+    response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
     def describe(self, tree: SpecTree, view: Callable[..., Any], settings: Settings) -> Callable[..., Any]:
         """spectree's wrapper of the view, made only to be described (it never serves a request)."""
@@ -64,15 +66,30 @@ class _MarkedViews(FlaskPlugin):
     """spectree's Flask plugin, describing the app's views marked by @documented and nothing else."""
 
     settings: Settings
+    described: list[tuple[Rule, Route]]
 
     def parse_func(self, route: Rule) -> Iterator[tuple[str, Callable[..., Any]]]:
         """The route's methods with the view's spectree wrapper, if the view is documented."""
         view = current_app.view_functions[route.endpoint]
         marked: Route | None = getattr(view, MARK, None)
         if marked is not None:
+            self.described.append((route, marked))
             described = marked.describe(self.spectree, view, self.settings)
             for method in sorted(route.methods or ()):
                 yield method, described
+
+    def add_response_headers(self, spec: dict[str, Any]) -> None:
+        """Write the routes' response headers into the generated description (optional: not every answer has them)."""
+        for rule, marked in self.described:
+            # spectree's own call, with its own (mistyped: it reads str(route)) signature: the same path as described.
+            path, _ = self.parse_path(rule, {})  # type: ignore[arg-type]
+            for method in rule.methods or ():
+                operation = spec["paths"].get(path, {}).get(method.lower())
+                for code, headers in marked.response_headers.items():
+                    if operation is not None and str(code) in operation["responses"]:
+                        operation["responses"][str(code)]["headers"] = {
+                            name: {"description": text, "required": False, "schema": {"type": "string"}}
+                            for name, text in headers.items()}
 
 
 def description(settings: Settings) -> dict[str, Any]:
@@ -85,7 +102,10 @@ def description(settings: Settings) -> dict[str, Any]:
     plugin = tree.backend
     assert isinstance(plugin, _MarkedViews)
     plugin.settings = settings
-    return tree.spec
+    plugin.described = []
+    spec = tree.spec
+    plugin.add_response_headers(spec)
+    return spec
 
 
 @bp.get("/openapi.json")

@@ -14,7 +14,9 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails
 
 from shared.config import Settings
+from shared.idempotency import MAX_KEY_LENGTH
 from shared.schema import State
+from shared.webhooks import MAX_URL_LENGTH, WEBHOOK_EVENTS
 from web.errors import ApiError
 from web.owner import HEADER, TOKEN
 
@@ -159,10 +161,42 @@ class OwnerHeader(BaseModel):
             "it, and GET /predictions lists only its uploads."))
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+KEY_PATTERN = rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$"
+
+
+class PredictHeaders(OwnerHeader):
+    """POST /predict's headers: the owner token, and an Idempotency-Key that makes a retry safe."""
+
+    idempotency_key: Annotated[str, Field(pattern=KEY_PATTERN)] | SkipJsonSchema[None] = Field(
+        None, alias=IDEMPOTENCY_KEY, json_schema_extra=_no_default, description=(
+            f"Makes a retried upload safe (1 to {MAX_KEY_LENGTH} printable ASCII characters, e.g. a UUID per "
+            "request): a repeat with the same key and the same files and fields, within the key's lifetime "
+            "(IDEMPOTENCY_TTL_SECONDS, 24 h by default), records nothing and answers with the first request's task "
+            f"ids and `{REPLAYED}: true`. Keys belong to the owner token, which such a request must bring "
+            f"({HEADER} or the page's cookie)."))
+
+
+class WebhookFields(BaseModel):
+    """POST /predict's optional form fields asking for a webhook."""
+
+    webhook: Annotated[str, Field(max_length=MAX_URL_LENGTH)] | SkipJsonSchema[None] = Field(
+        None, json_schema_extra=_no_default, description=(
+            "An http(s) URL to POST each upload's status document to once it is final, signed per Standard Webhooks "
+            "(webhook-id, webhook-timestamp, webhook-signature) and retried with back-off until the receiver answers "
+            "2xx. Hosts resolving to loopback, private or link-local addresses are refused unless the operator "
+            "allows them (WEBHOOK_ALLOWED_HOSTS); refused when the service has no WEBHOOK_SECRET."))
+    webhook_events: str | SkipJsonSchema[None] = Field(
+        None, json_schema_extra=_no_default, description=(
+            f"With `webhook`: the events to send, comma-separated, from {', '.join(WEBHOOK_EVENTS)}; `completed` by "
+            "default."))
+
+
 def upload_form(settings: Settings) -> type[BaseModel]:
     """POST /predict's multipart body, with this app's limits."""
     image = Annotated[bytes, Field(max_length=settings.max_upload_bytes)]
-    return create_model("Upload", file=(list[image], Field(
+    return create_model("Upload", __base__=WebhookFields, file=(list[image], Field(
         min_length=1, max_length=settings.max_files_per_request, description=(
             f"The images: PNG, JPEG, GIF, BMP, WebP or TIFF, one digit each; at most "
             f"{settings.max_files_per_request} files of at most {settings.max_upload_bytes} bytes, sides from "
@@ -186,6 +220,17 @@ class ErrorDocument(BaseModel):
     error: ErrorDetail
 
 
+class WebhookReport(BaseModel):
+    """The delivery of an upload's `completed` webhook: tried until delivered, or given up (FAILED)."""
+
+    url: str
+    events: list[Literal["start", "completed"]]  # shared/webhooks.WEBHOOK_EVENTS (a test keeps them alike)
+    state: Literal["PENDING", "DELIVERED", "FAILED"]
+    attempts: Annotated[int, Field(ge=0)]
+    last_status: int | None = Field(description="The receiver's last HTTP status; null if none answered yet")
+    delivered: bool
+
+
 class Status(BaseModel):
     """A status document: where an upload is, and its answer once it has one."""
 
@@ -199,6 +244,8 @@ class Status(BaseModel):
     error: str | None
     created_at: datetime | None
     finished_at: datetime | None
+    data_removed: bool = Field(description="The image's bytes were removed by retention; the answer stays")
+    webhook: WebhookReport | None = Field(description="The webhook asked for with the upload, and its delivery")
 
 
 class Statuses(BaseModel):
@@ -233,6 +280,12 @@ class TaskLinks(BaseModel):
 
 class Accepted(RootModel[TaskLink | TaskLinks]):
     """Recorded and queued: one upload, or several."""
+
+
+class AlreadyFinal(ErrorDocument):
+    """A cancel of an upload that is already final: the error, and the upload's status document."""
+
+    task: Status
 
 
 class HistoryItem(Status):

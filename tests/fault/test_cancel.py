@@ -63,18 +63,20 @@ def test_an_upload_cancelled_while_its_worker_is_stopped_never_reaches_the_model
 def test_a_started_upload_cancelled_mid_batch_is_fenced_and_nothing_contradicts_it(
         live, db_sessions, mnist, trace_file, redis_url):
     heard: list[dict] = []
-    listening = threading.Event()
+    stop = threading.Event()
     client = redis.Redis.from_url(live.settings.redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(FINISHED_CHANNEL)
+    assert pubsub.get_message(timeout=5) is None  # the subscription is confirmed (and ignored) before we go on
 
     def listen() -> None:
-        pubsub.subscribe(FINISHED_CHANNEL)
-        listening.set()
-        for message in pubsub.listen():
-            heard.append(json.loads(message["data"]))
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.2)
+            if message is not None:
+                heard.append(json.loads(message["data"]))
 
-    threading.Thread(target=listen, daemon=True).start()
-    assert listening.wait(10)
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
     worker = live.start_worker(**fault_env(slow_marker="SLOW", slow_seconds=3, trace_file=trace_file))
     live.wait_for_workers(1)
     slow = _upload(live.base_url, marked_png(mnist.x_test[0], "SLOW"))
@@ -88,6 +90,8 @@ def test_a_started_upload_cancelled_mid_batch_is_fenced_and_nothing_contradicts_
     assert (row.state, row.digit, row.claim_token) == ("CANCELED", None, None)
     assert requests.get(f"{live.base_url}/tasks/{slow}", timeout=10).json()["state"] == "CANCELED"
     assert eventually(lambda: len([d for d in heard if d["task_id"] == slow]) >= 2, timeout=10)
-    assert {d["state"] for d in heard if d["task_id"] == slow} == {"CANCELED"}  # the web's and the worker's
+    stop.set()
+    listener.join(5)
     pubsub.close()
     client.close()
+    assert {d["state"] for d in heard if d["task_id"] == slow} == {"CANCELED"}  # the web's and the worker's

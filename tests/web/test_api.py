@@ -59,7 +59,8 @@ def test_status_of_a_queued_upload_is_pending(client, mnist):
     assert doc["task_id"] == task_id
     assert doc["state"] == "PENDING"
     assert set(doc) == {"task_id", "state", "digit", "confidence", "probabilities", "model_name", "model_version",
-                        "error", "created_at", "finished_at"}
+                        "error", "created_at", "finished_at", "data_removed", "webhook"}
+    assert (doc["data_removed"], doc["webhook"]) == (False, None)
     assert doc["created_at"].endswith("Z")
 
 

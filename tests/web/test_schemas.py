@@ -13,7 +13,8 @@ import pytest
 from flask import Flask
 
 from shared.config import REPO_ROOT, Settings
-from shared.schema import State
+from shared.schema import State, status_document
+from shared.webhooks import WEBHOOK_EVENTS
 from web import api, create_app
 from web.errors import ApiError
 from web.owner import TOKEN
@@ -25,8 +26,10 @@ from web.schemas import (
     TASK_ID_PATTERN,
     PageQuery,
     PredictQuery,
+    Status,
     TaskQuery,
     TasksQuery,
+    WebhookReport,
 )
 
 OFFLINE = {"redis_url": "redis://127.0.0.1:1/0", "database_url": "sqlite://"}  # nothing is reached
@@ -91,7 +94,7 @@ def test_the_description_states_the_codes_rules(make_app):
 def test_every_api_route_is_described_and_served_unwrapped(make_app):
     app = make_app()
     paths = _description(app)["paths"]
-    rules = [r for r in app.url_map.iter_rules() if r.endpoint.split(".")[0] in ("api", "health")]
+    rules = [r for r in app.url_map.iter_rules() if r.endpoint.split(".")[0] in ("api", "tasks", "health")]
 
     described = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in rules}
     assert described == set(paths)
@@ -142,3 +145,33 @@ def test_the_page_reads_the_state_names_and_limits_from_the_server(make_app):
 def test_the_pages_script_repeats_no_state_name():
     source = (REPO_ROOT / "web" / "static" / "app.js").read_text(encoding="utf-8")
     assert not [state for state in State if f'"{state.value}"' in source or f"'{state.value}'" in source]
+
+
+def test_the_description_lists_cancel_delete_idempotency_and_webhooks(make_app):
+    doc = _description(make_app())
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+
+    assert set(paths["/tasks/{task_id}/cancel"]["post"]["responses"]) == {"200", "401", "404", "409", "503"}
+    assert schemas["AlreadyFinal"]["properties"]["task"] == {"$ref": "#/components/schemas/Status"}
+    assert set(paths["/tasks/{task_id}"]["delete"]["responses"]) == {"204", "401", "404", "503"}
+    assert set(paths["/predictions"]["delete"]["responses"]) == {"204", "503"}
+    predict = paths["/predict"]["post"]
+    assert {"409", "422"} <= set(predict["responses"])
+    key = _parameter(doc, "/predict", "post", "Idempotency-Key")
+    assert (key["in"], key["schema"]["pattern"]) == ("header", r"^[\x20-\x7e]{1,255}$")
+    for code in ("200", "202"):
+        assert "Idempotent-Replayed" in predict["responses"][code]["headers"]
+    assert {"file", "webhook", "webhook_events"} == set(schemas["Upload"]["properties"])
+    assert {"data_removed", "webhook"} <= set(schemas["Status"]["required"])
+    assert "CANCELED" in schemas["State"]["enum"]
+
+
+def test_the_status_model_is_the_status_document():
+    hooked = status_document({"task_id": ID, "state": "SUCCESS", "webhook_url": "https://r.example/h",
+                              "webhook_events": "start,completed"})
+    assert set(Status.model_fields) == set(hooked)
+    assert set(WebhookReport.model_fields) == set(hooked["webhook"])
+    assert Status.model_validate(hooked).webhook is not None
+    assert Status.model_validate(status_document({"task_id": ID, "state": "PENDING"})).webhook is None
+    events = WebhookReport.model_json_schema()["properties"]["events"]["items"]["enum"]
+    assert tuple(events) == WEBHOOK_EVENTS

@@ -1,18 +1,27 @@
-"""Fault injection for the fault tests' worker processes: on PYTHONPATH, Python imports this at start-up.
+"""Fault injection for the fault tests' processes: on PYTHONPATH, Python imports this at start-up.
 
 It does nothing unless a DIGITS_FAULT_* variable is set, and then only wraps functions of the project:
 - DIGITS_FAULT_KILL_MARKER: preprocessing an image whose bytes contain it SIGKILLs the process (a poison image);
 - DIGITS_FAULT_SLOW_MARKER / DIGITS_FAULT_SLOW_SECONDS: preprocessing such an image takes that long;
 - DIGITS_FAULT_KILL_BEFORE_CACHE: the process SIGKILLs itself after its MySQL commit, before its Redis write;
-- DIGITS_FAULT_TRACE_FILE: each finish (and the end of each slow preprocessing) is written there as "pid event".
+- DIGITS_FAULT_TRACE_FILE: each finish (and the end of each slow preprocessing) is written there as "pid event";
+- DIGITS_FAULT_KILL_AFTER_RECORD (web): a request with an Idempotency-Key that records new uploads SIGKILLs its
+  process right after the key and rows are committed, before they are queued or anyone is answered. A replay of
+  the key records nothing and is answered. web/ingest is patched when it is first imported, not here: a gevent
+  worker must patch the standard library before redis or kombu are imported.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,6 +36,7 @@ class FaultSettings(BaseSettings):
     slow_seconds: float = 0.0
     kill_before_cache: bool = False
     trace_file: Path | None = None
+    kill_after_record: bool = False
 
 
 def _trace(cfg: FaultSettings, event: str) -> None:
@@ -62,6 +72,47 @@ def _install(cfg: FaultSettings) -> None:
     predictions.finish, statuses.cache_final = traced_finish, dying_cache_final
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `patch` on a module right after it is first imported (and not before anyone imports it)."""
+
+    def __init__(self, name: str, patch: Callable[[ModuleType], None]) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader.exec_module = _then(spec.loader.exec_module, self.patch)  # type: ignore[method-assign]
+                return spec
+        return None
+
+
+def _then(run: Callable[[ModuleType], None], patch: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
+    """A module loader's exec_module that patches the module once it has run."""
+    def run_and_patch(module: ModuleType) -> None:
+        run(module)
+        patch(module)
+    return run_and_patch
+
+
+def _kill_after_keyed_record(ingest: ModuleType) -> None:
+    record_keyed = ingest.Ingest.record_keyed
+
+    def dying_record_keyed(self, uploads, keyed):  # type: ignore[no-untyped-def]
+        answer = record_keyed(self, uploads, keyed)
+        if not answer.replayed:  # committed, not yet queued nor answered
+            os.kill(os.getpid(), signal.SIGKILL)
+        return answer
+
+    ingest.Ingest.record_keyed = dying_record_keyed
+
+
 _settings = FaultSettings()
 if _settings.kill_marker or _settings.slow_marker or _settings.kill_before_cache or _settings.trace_file:
     _install(_settings)
+if _settings.kill_after_record:
+    sys.meta_path.insert(0, _AfterImport("web.ingest", _kill_after_keyed_record))
