@@ -13,9 +13,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, tuple_, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from shared.schema import IdempotencyKey, utcnow
@@ -77,6 +80,54 @@ def remember(conn: Connection, owner: str, key: str, request_sha256: str, task_i
         if not conn.execute(update(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key, expired)
                             .values(**values)).rowcount:
             raise
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A key a request asks to store: whose, which, what the request asks for, the uploads it would make."""
+
+    owner: str
+    key: str
+    request_sha256: str
+    task_ids: list[str]
+
+
+def claim_all(conn: Connection, claims: Sequence[Claimed], ttl_seconds: float) -> dict[tuple[str, str], Remembered]:
+    """Store several requests' keys in one statement (a group of coalesced uploads), then what each key names now.
+
+    A key already live keeps its record: the request whose task ids the record names is the one that made it, any
+    other (an earlier request's repeat, or a repeat in the same group) replays it. An expired record is taken over
+    in place. Rows go in sorted by (owner, key), so concurrent groups lock their keys in one order; a key held by
+    another transaction makes the statement wait for it to end.
+    """
+    if not claims:
+        return {}
+    now = utcnow()
+    rows = [{"owner": c.owner, "idem_key": c.key, "request_sha256": c.request_sha256, "task_ids": list(c.task_ids),
+             "created_at": now} for c in sorted(claims, key=lambda c: (c.owner, c.key))]
+    conn.execute(_upsert(conn.dialect.name, rows, now - timedelta(seconds=ttl_seconds)))
+    pairs = sorted({(c.owner, c.key) for c in claims})
+    # A locking read: it sees the latest committed records (and ours), whatever snapshot the transaction has.
+    found = conn.execute(select(COLUMNS.owner, COLUMNS.idem_key, COLUMNS.request_sha256, COLUMNS.task_ids,
+                                COLUMNS.created_at).where(tuple_(COLUMNS.owner, COLUMNS.idem_key).in_(pairs))
+                         .with_for_update())
+    return {(r.owner, r.idem_key): Remembered(r.request_sha256, list(r.task_ids), r.created_at) for r in found}
+
+
+def _upsert(dialect: str, rows: list[dict[str, object]], expired_before: datetime) -> Any:
+    """INSERT the rows; where a key exists, replace its record only if it expired."""
+    expired = COLUMNS.created_at < expired_before
+    if dialect in ("mysql", "mariadb"):
+        statement = mysql_insert(TABLE).values(rows)
+        # created_at last: MySQL assigns left to right, and the test reads the old created_at.
+        return statement.on_duplicate_key_update([
+            (name, func.IF(expired, statement.inserted[name], COLUMNS[name]))
+            for name in ("request_sha256", "task_ids", "created_at")])
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"no upsert of idempotency keys written for {dialect}")
+    other = (sqlite_insert if dialect == "sqlite" else pg_insert)(TABLE).values(rows)
+    return other.on_conflict_do_update(index_elements=["owner", "idem_key"], where=expired, set_={
+        name: other.excluded[name] for name in ("request_sha256", "task_ids", "created_at")})
 
 
 def forget(conn: Connection, owner: str, key: str) -> None:

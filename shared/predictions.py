@@ -64,6 +64,8 @@ class NewUpload:
 
 def record(conn: Connection, uploads: Sequence[NewUpload], queue: str) -> list[dict[str, Any]]:
     """Insert the uploads as PENDING rows (the outbox: durable before anyone is told); their row values."""
+    if not uploads:  # a group whose every request replayed its key
+        return []
     now = utcnow()
     rows = [
         {"task_id": u.task_id, "state": State.PENDING.value, "image": u.data,

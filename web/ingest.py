@@ -6,8 +6,11 @@ multi-row INSERT and sent as one batch message; a lone upload waits no longer th
 its own task. Every upload keeps its own row and task id, and a request is answered only after its rows
 are committed: "202 means it is in MySQL" holds for each of them.
 
-A request with an Idempotency-Key does not join a group: its key and rows are written in a transaction of
-its own (a repeated key fails on the unique index, which would abort every other request of a group).
+Requests with an Idempotency-Key join groups too: the group's keys are stored by one upsert in the same
+transaction as its rows, and a request whose key was already live (an earlier request's, or one of the same
+group) records nothing and answers with what the key names. A key held by another transaction makes the group
+wait for it (the unique index); should that wait time out, the key's requests get 409 and the rest of the
+group is recorded without them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from shared import idempotency, predictions
 from shared.batching import Batcher
@@ -44,9 +47,9 @@ class KeyInUse(Exception):
 
 Rows = list[dict[str, Any]]
 # MySQL's error numbers: a lock wait that timed out (the key's first request holds it), and a deadlock between
-# two transactions inserting the same key (one is rolled back and simply tries again).
+# two transactions inserting the same keys (one is rolled back and simply tries again).
 LOCK_WAIT_TIMEOUT, DEADLOCK = 1205, 1213
-KEYED_TRIES = 8
+GROUP_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,30 @@ class Keyed:
 
 @dataclass(frozen=True)
 class KeyedAnswer:
-    """The uploads an idempotent request stands for; replayed when an earlier request with its key made them."""
+    """The uploads a request stands for; replayed when an earlier request with its key made them."""
 
     task_ids: list[str]
     replayed: bool
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One request's validated uploads, and its Idempotency-Key if it sent one."""
+
+    uploads: Sequence[predictions.NewUpload]
+    keyed: Keyed | None = None
+
+    @property
+    def task_ids(self) -> list[str]:
+        """The ids its uploads get if it is recorded."""
+        return [upload.task_id for upload in self.uploads]
+
+    def fresh(self, outcome: KeyedAnswer | BaseException) -> bool:
+        """Whether this outcome recorded the request's own rows (not a replay, not an error)."""
+        return isinstance(outcome, KeyedAnswer) and not outcome.replayed
+
+
+Outcome = KeyedAnswer | BaseException
 
 
 class Ingest:
@@ -76,91 +99,86 @@ class Ingest:
         self._producer = producer
         self._queue = queue
         self._retry_policy = dict(retry_policy)
-        self._batcher: Batcher[Sequence[predictions.NewUpload], Rows] = Batcher(
-            self._accept_all, max_requests, max_wait, name="ingest")
+        self._batcher: Batcher[Submission, KeyedAnswer] = Batcher(self._accept_all, max_requests, max_wait,
+                                                                  name="ingest")
 
-    def accept(self, uploads: Sequence[predictions.NewUpload]) -> Rows:
-        """Record (committed) and enqueue one request's uploads; their rows, or QueueUnavailable."""
-        return self._batcher.submit(uploads)
-
-    def _accept_all(self, requests: list[Sequence[predictions.NewUpload]]) -> list[Rows | BaseException]:
-        """One INSERT and one enqueue for every request of the group."""
-        uploads = [upload for request in requests for upload in request]
-        with self._engine.begin() as conn:  # committed before anyone is told: the row is the outbox
-            rows = predictions.record(conn, uploads, self._queue)
-        ids = [row["task_id"] for row in rows]
-        try:
-            enqueue(self._producer, self._queue, ids, self._retry_policy)
-        except (KombuOperationalError, RedisError, OSError) as exc:
-            log.error("could not enqueue %d upload(s): %s", len(ids), exc)
-            # Not queued, so not accepted: remove the rows so they never look like work in progress.
-            with self._engine.begin() as conn:
-                predictions.withdraw(conn, ids)
-            return [QueueUnavailable(str(exc)) for _ in requests]
-        log.info("accepted %d upload(s) of %d request(s): %s", len(ids), len(requests), ", ".join(ids),
-                 extra={"task_ids": ids})
-        out: list[Rows | BaseException] = []
-        start = 0
-        for request in requests:
-            out.append(rows[start:start + len(request)])
-            start += len(request)
-        return out
+    def accept(self, uploads: Sequence[predictions.NewUpload]) -> list[str]:
+        """Record (committed) and enqueue one request's uploads; their task ids, or QueueUnavailable."""
+        return self._batcher.submit(Submission(uploads)).task_ids
 
     def accept_keyed(self, uploads: Sequence[predictions.NewUpload], keyed: Keyed) -> KeyedAnswer:
-        """Record the uploads with their key in one transaction and enqueue them, or find what the key made.
+        """Record and enqueue the uploads with their key, or find what the key made (replayed).
 
         Raises KeyReused (the key named another request), KeyInUse (its first request still holds it) or
         QueueUnavailable (rows and key withdrawn).
         """
-        answer = self.record_keyed(uploads, keyed)
-        if answer.replayed:
-            return answer
-        try:
-            enqueue(self._producer, self._queue, answer.task_ids, self._retry_policy)
-        except (KombuOperationalError, RedisError, OSError) as exc:
-            log.error("could not enqueue %d upload(s): %s", len(answer.task_ids), exc)
-            # Neither the rows nor the key were accepted: a retry with the key must record them anew.
-            with self._engine.begin() as conn:
-                predictions.withdraw(conn, answer.task_ids)
-                idempotency.forget(conn, keyed.owner, keyed.key)
-            raise QueueUnavailable(str(exc)) from exc
-        log.info("accepted %d upload(s) of 1 keyed request: %s", len(answer.task_ids), ", ".join(answer.task_ids),
-                 extra={"task_ids": answer.task_ids})
-        return answer
+        return self._batcher.submit(Submission(uploads, keyed))
 
-    def record_keyed(self, uploads: Sequence[predictions.NewUpload], keyed: Keyed) -> KeyedAnswer:
-        """Commit the key and the uploads' rows together, unless the key is known; what the key stands for.
+    def _accept_all(self, group: list[Submission]) -> list[Outcome]:
+        """One transaction (keys, then rows) and one enqueue for every request of the group."""
+        outcomes = self._record_group(group)
+        fresh = [s for s, outcome in zip(group, outcomes, strict=True) if s.fresh(outcome)]
+        ids = [task_id for s in fresh for task_id in s.task_ids]
+        if not ids:
+            return outcomes
+        try:
+            enqueue(self._producer, self._queue, ids, self._retry_policy)
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            log.error("could not enqueue %d upload(s): %s", len(ids), exc)
+            self._withdraw(fresh, ids)
+            return [QueueUnavailable(str(exc)) if s.fresh(o) else o for s, o in zip(group, outcomes, strict=True)]
+        log.info("accepted %d upload(s) of %d request(s): %s", len(ids), len(fresh), ", ".join(ids),
+                 extra={"task_ids": ids})
+        return outcomes
+
+    def _withdraw(self, fresh: list[Submission], ids: list[str]) -> None:
+        """Not queued, so not accepted: remove the rows (and keys), so a retry records them anew."""
+        with self._engine.begin() as conn:
+            predictions.withdraw(conn, ids)
+            for s in fresh:
+                if s.keyed is not None:
+                    idempotency.forget(conn, s.keyed.owner, s.keyed.key)
+
+    def _record_group(self, group: list[Submission]) -> list[Outcome]:
+        """record(), tried again after a deadlock; a key whose first request holds it too long gets 409 alone."""
+        for _ in range(GROUP_TRIES):
+            try:
+                return self.record(group)
+            except OperationalError as exc:
+                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+                keyed = [s for s in group if s.keyed is not None]
+                if code == LOCK_WAIT_TIMEOUT and keyed:
+                    rest = [s for s in group if s.keyed is None]
+                    done = iter(self._record_group(rest) if rest else [])
+                    return [KeyInUse(s.keyed.key) if s.keyed is not None else next(done) for s in group]
+                if code != DEADLOCK:
+                    raise
+                log.info("ingest deadlocked with a concurrent group on an Idempotency-Key; trying again")
+        raise KeyInUse("a concurrent group kept the keys")
+
+    def record(self, group: list[Submission]) -> list[Outcome]:
+        """Commit the group's keys and the rows of every request that is not a repeat; each request's outcome.
 
         tests/fault wraps this method to kill the process right after the commit, before anything is queued.
         """
-        for _ in range(KEYED_TRIES):
-            try:
-                with self._engine.begin() as conn:
-                    found = self._recall(conn, keyed)
-                    if found is not None:
-                        return found
-                    idempotency.remember(conn, keyed.owner, keyed.key, keyed.fingerprint,
-                                         [u.task_id for u in uploads], keyed.ttl_seconds)
-                    rows = predictions.record(conn, uploads, self._queue)
-                return KeyedAnswer([row["task_id"] for row in rows], replayed=False)
-            except IntegrityError:
-                # A concurrent request with this key committed first (our INSERT waited for it): recall it.
-                log.info("Idempotency-Key recorded by a concurrent request; replaying it")
-            except OperationalError as exc:
-                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-                if code == LOCK_WAIT_TIMEOUT:
-                    raise KeyInUse(str(exc)) from exc
-                if code != DEADLOCK:
-                    raise
-                log.info("Idempotency-Key insert deadlocked with a concurrent one; trying again")
-        raise KeyInUse("the key's first request did not settle")
+        with self._engine.begin() as conn:  # committed before anyone is told: the row is the outbox
+            keyed = [s.keyed for s in group if s.keyed is not None]
+            known = idempotency.claim_all(conn, [
+                idempotency.Claimed(s.keyed.owner, s.keyed.key, s.keyed.fingerprint, s.task_ids)
+                for s in group if s.keyed is not None], keyed[0].ttl_seconds) if keyed else {}
+            outcomes = [self._outcome(s, known) for s in group]
+            predictions.record(conn, [u for s, o in zip(group, outcomes, strict=True) if s.fresh(o)
+                                      for u in s.uploads], self._queue)
+        return outcomes
 
     @staticmethod
-    def _recall(conn: Connection, keyed: Keyed) -> KeyedAnswer | None:
-        """The uploads an earlier request with this key made, or None; KeyReused if it asked for something else."""
-        found = idempotency.recall(conn, keyed.owner, keyed.key, keyed.ttl_seconds)
-        if found is None:
-            return None
-        if found.request_sha256 != keyed.fingerprint:
-            raise KeyReused(keyed.key)
+    def _outcome(s: Submission, known: Mapping[tuple[str, str], idempotency.Remembered]) -> Outcome:
+        """Fresh, unless the key's record names other uploads: then a replay of them, or KeyReused."""
+        if s.keyed is None:
+            return KeyedAnswer(s.task_ids, replayed=False)
+        found = known[(s.keyed.owner, s.keyed.key)]
+        if found.task_ids == s.task_ids:
+            return KeyedAnswer(s.task_ids, replayed=False)
+        if found.request_sha256 != s.keyed.fingerprint:
+            return KeyReused(s.keyed.key)
         return KeyedAnswer(found.task_ids, replayed=True)

@@ -91,3 +91,22 @@ def test_expired_keys_are_purged_in_bounded_batches(keys):
         assert idempotency.purge_expired(conn, 0, limit=3) == 3
         assert idempotency.purge_expired(conn, 0, limit=3) == 2
         assert idempotency.forget_owner(conn, OWNER) == 0
+
+
+def test_a_group_claims_its_keys_in_one_statement_and_a_repeat_in_it_finds_the_first(keys):
+    with keys.begin() as conn:
+        idempotency.remember(conn, OWNER, "live", "f" * 64, ["t0"], ttl_seconds=60)
+        idempotency.remember(conn, OWNER, "old", "f" * 64, ["t9"], ttl_seconds=60)
+        conn.execute(text("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR "
+                          "WHERE idem_key = 'old'"))
+    claims = [idempotency.Claimed(OWNER, "new", "a" * 64, ["t1"]),
+              idempotency.Claimed(OWNER, "new", "a" * 64, ["t2"]),  # a repeat in the same group
+              idempotency.Claimed(OWNER, "live", "b" * 64, ["t3"]),
+              idempotency.Claimed(OWNER, "old", "c" * 64, ["t4"]),
+              idempotency.Claimed(OTHER, "new", "d" * 64, ["t5"])]
+    with keys.begin() as conn:
+        known = idempotency.claim_all(conn, claims, ttl_seconds=3600)
+    assert known[(OWNER, "new")].task_ids == ["t1"]  # the first of the group made it; the second replays it
+    assert known[(OWNER, "live")].task_ids == ["t0"]  # an earlier request's live key stands
+    assert (known[(OWNER, "old")].task_ids, known[(OWNER, "old")].request_sha256) == (["t4"], "c" * 64)  # expired
+    assert known[(OTHER, "new")].task_ids == ["t5"]

@@ -100,15 +100,15 @@ def _then(run: Callable[[ModuleType], None], patch: Callable[[ModuleType], None]
 
 
 def _kill_after_keyed_record(ingest: ModuleType) -> None:
-    record_keyed = ingest.Ingest.record_keyed
+    record = ingest.Ingest.record
 
-    def dying_record_keyed(self, uploads, keyed):  # type: ignore[no-untyped-def]
-        answer = record_keyed(self, uploads, keyed)
-        if not answer.replayed:  # committed, not yet queued nor answered
-            os.kill(os.getpid(), signal.SIGKILL)
-        return answer
+    def dying_record(self, group):  # type: ignore[no-untyped-def]
+        outcomes = record(self, group)
+        if any(s.keyed is not None and s.fresh(o) for s, o in zip(group, outcomes, strict=True)):
+            os.kill(os.getpid(), signal.SIGKILL)  # committed, not yet queued nor answered
+        return outcomes
 
-    ingest.Ingest.record_keyed = dying_record_keyed
+    ingest.Ingest.record = dying_record
 
 
 _settings = FaultSettings()
