@@ -109,6 +109,44 @@ def record(conn: Connection, due: Due, status: int | None, error: str | None, de
     return bool(done)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt's result, to record: what record() takes, for a held delivery."""
+
+    due: Due
+    status: int | None
+    error: str | None
+    delivered: bool
+    retry_in: float | None
+
+
+def record_many(conn: Connection, outcomes: Sequence[Outcome]) -> list[bool]:
+    """Record several attempts at once; whether each was recorded (a hold taken over records nothing).
+
+    Deliveries that succeeded under one hold with one status, the usual case under load, are recorded by one
+    UPDATE (should some of its holds have been taken over, all of its outcomes report False: only the log
+    line differs, never what is stored); the rest one by one.
+    """
+    recorded = [False] * len(outcomes)
+    groups: dict[tuple[str, int | None], list[int]] = {}
+    for i, outcome in enumerate(outcomes):
+        if outcome.delivered and outcome.error is None:
+            groups.setdefault((outcome.due.token, outcome.status), []).append(i)
+        else:
+            recorded[i] = record(conn, outcome.due, outcome.status, outcome.error, outcome.delivered,
+                                 outcome.retry_in)
+    now = utcnow()
+    for (token, status), members in groups.items():
+        ids = [outcomes[i].due.id for i in members]
+        done = conn.execute(update(TABLE).where(COLUMNS.id.in_(ids), COLUMNS.lease_token == token)
+                            .values(attempts=COLUMNS.attempts + 1, last_status=status, last_error=None,
+                                    lease_expires_at=None, lease_token=None, state=DELIVERED,
+                                    delivered_at=now)).rowcount
+        for i in members:
+            recorded[i] = done == len(ids)
+    return recorded
+
+
 def reports(conn: Connection, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """What status documents say of each upload's `completed` delivery: state, attempts, last HTTP status."""
     if not task_ids:

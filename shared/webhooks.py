@@ -1,9 +1,9 @@
-"""Webhooks' building blocks: the target guard (SSRF), the Standard Webhooks signer and the HTTP sender.
+"""Webhooks' building blocks: the target guard (SSRF), the Standard Webhooks signer, the back-off.
 
 A client asks for a webhook with ``webhook=<url>``; once the upload's final state is committed a worker POSTs the
 status document there. This module holds the pure pieces, with no database code: the web checks a target at submit,
-the sender checks it again before every attempt (DNS may have changed since), signs the body and sends it once; the
-delivery loop (elsewhere) keeps the state and retries.
+the sender checks it again before every attempt (DNS may have changed since), signs the body and sends it once
+(worker/webhook_post.py); the delivery loop (worker/webhooks.py) keeps the state and retries.
 
 Targets (check_target):
 - http or https, a host, no ``user:password@``, at most 2048 characters; otherwise ``bad_webhook``.
@@ -30,16 +30,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import http.client
 import ipaddress
 import logging
 import math
 import random
 import re
 import socket
-import ssl
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,19 +43,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from standardwebhooks.webhooks import Webhook
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import NewConnectionError
-from urllib3.exceptions import TimeoutError as Urllib3Timeout
-from urllib3.response import HTTPResponse
-from urllib3.util.ssl_match_hostname import CertificateError
 
 logger = logging.getLogger(__name__)
 
 WEBHOOK_EVENTS: tuple[str, ...] = ("start", "completed")
 DEFAULT_EVENTS: tuple[str, ...] = ("completed",)
 MAX_URL_LENGTH = 2048
-USER_AGENT = "digits-webhooks/1"
 
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_FACTOR = 4.0
@@ -69,12 +58,9 @@ BACKOFF_JITTER = 0.10
 _SECRET_PREFIX = "whsec_"
 _MIN_SECRET_BYTES = 24
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Headers the sender sets itself: a caller's copy would contradict them (Host above all).
-_SENDER_HEADERS = frozenset({"host", "content-type", "user-agent", "content-length", "transfer-encoding"})
 _HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 # Characters left as they are when a path is percent-encoded: RFC 3986's reserved ones and '%' (already encoded).
 _PATH_SAFE = "!$%&'()*+,/:;=?@[]~"
-_READ_CHUNK = 16384
 
 # Written out, not only ipaddress' is_global: its tables changed between Python releases, and these must not.
 _NOT_PUBLIC = tuple(ipaddress.ip_network(net) for net in (
@@ -116,19 +102,6 @@ class Target:
         """The Host header: the URL's host, with its port unless it is the scheme's default."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """The outcome of one POST: the answer's status, or None and why none came; error is None exactly when ok."""
-
-    status: int | None
-    error: str | None
-
-    @property
-    def ok(self) -> bool:
-        """Whether the receiver accepted the webhook (2xx; a 3xx is not, redirects are not followed)."""
-        return self.status is not None and 200 <= self.status < 300
 
 
 def parse_events(raw: str | None) -> tuple[str, ...]:
@@ -281,107 +254,6 @@ def sign(secret: str, message_id: str, timestamp: datetime, body: str) -> dict[s
         "webhook-timestamp": str(math.floor(moment.timestamp())),
         "webhook-signature": Webhook(secret).sign(message_id, moment, body),
     }
-
-
-# What a network exchange may raise; anything else is a bug of the caller's (a header with a newline) and raises.
-_NETWORK_ERRORS = (OSError, Urllib3Error, http.client.HTTPException, CertificateError)
-
-
-def send(target: Target, headers: dict[str, str], body: bytes, timeout: float = 5.0,
-         max_answer_bytes: int = 65536, *, ssl_context: ssl.SSLContext | None = None) -> Attempt:
-    """POST body to the target's checked address once; follows no redirects and never raises for network errors."""
-    conn = _connection(target, timeout, ssl_context)
-    expired = threading.Event()
-    # Socket timeouts bound each read, not the whole exchange (a receiver could drip a byte at a time):
-    # this timer cuts the connection when the total time is up.
-    watchdog = threading.Timer(timeout, _cut, args=(conn, expired))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        return _exchange(conn, target, headers, body, max_answer_bytes, expired)
-    except _NETWORK_ERRORS as exc:
-        error = _describe(exc, timeout, expired.is_set())
-        logger.debug("Webhook POST to %s failed: %s", target.host, error)
-        return Attempt(status=None, error=error)
-    finally:
-        watchdog.cancel()
-        watchdog.join()  # so the timer never touches a socket after it is closed
-        conn.close()
-
-
-def _connection(target: Target, timeout: float, ssl_context: ssl.SSLContext | None) -> HTTPConnection:
-    """A connection to the checked address; for https, SNI and the certificate check use the URL's host."""
-    if target.scheme == "https":
-        name = target.host.rstrip(".")  # certificates name hosts without the final dot
-        return HTTPSConnection(target.address, target.port, timeout=timeout, server_hostname=name,
-                               assert_hostname=name, cert_reqs=ssl.CERT_REQUIRED, ssl_context=ssl_context)
-    return HTTPConnection(target.address, target.port, timeout=timeout)
-
-
-def _cut(conn: HTTPConnection, expired: threading.Event) -> None:
-    """The watchdog: mark the time as up and shut the socket, which wakes a blocked read or write."""
-    expired.set()
-    sock = conn.sock
-    if sock is not None:
-        # socket.socket's own shutdown, not SSLSocket's: that one also drops its TLS state under the reader.
-        with contextlib.suppress(OSError):  # already closed
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _exchange(conn: HTTPConnection, target: Target, headers: dict[str, str], body: bytes,
-              max_answer_bytes: int, expired: threading.Event) -> Attempt:
-    """Connect, POST, read the status and at most max_answer_bytes of the answer."""
-    conn.connect()
-    if expired.is_set():  # the watchdog fired before the socket existed
-        raise TimeoutError("deadline passed while connecting")
-    fixed = {"Host": target.host_header, "Content-Type": "application/json", "User-Agent": USER_AGENT}
-    sent = {name: value for name, value in headers.items() if name.lower() not in _SENDER_HEADERS} | fixed
-    conn.request("POST", target.path_and_query, body=body, headers=sent, preload_content=False,
-                 decode_content=False)
-    response = conn.getresponse()
-    if expired.is_set():
-        # Cut while the headers arrived: http.client takes the cut for their end, so this status is not an answer.
-        response.close()
-        raise TimeoutError("deadline passed while the answer's headers arrived")
-    try:
-        _drain(response, max_answer_bytes)
-    finally:
-        response.close()
-    status = response.status
-    if 200 <= status < 300:
-        return Attempt(status=status, error=None)
-    if 300 <= status < 400:
-        return Attempt(status=status, error=f"HTTP {status}: redirects are not followed")
-    return Attempt(status=status, error=f"HTTP {status}")
-
-
-def _drain(response: HTTPResponse, max_answer_bytes: int) -> None:
-    """Read at most max_answer_bytes of the answer and drop them; the connection is closed, not reused, after."""
-    left = max_answer_bytes
-    try:
-        while left > 0:
-            chunk = response.read(min(left, _READ_CHUNK), decode_content=False)
-            if not chunk:
-                return
-            left -= len(chunk)
-    except _NETWORK_ERRORS as exc:
-        # The status has arrived, and it is the answer; the body is read only to be polite.
-        logger.debug("Webhook answer's body not read to its end: %s", exc)
-
-
-def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
-    """A short sentence for a failed exchange, for the delivery's record and the log."""
-    # NewConnectionError derives from ConnectTimeoutError in urllib3 (history): a refused connection is no timeout.
-    if isinstance(exc, NewConnectionError) and not expired:
-        cause = exc.__cause__ or exc
-        return f"could not connect: {getattr(cause, 'strerror', None) or cause}"[:300]
-    if expired or isinstance(exc, TimeoutError | Urllib3Timeout):
-        return f"timed out after {timeout:g} s"
-    if isinstance(exc, CertificateError | ssl.SSLCertVerificationError):
-        return f"TLS certificate not accepted: {exc}"[:300]
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed: {exc}"[:300]
-    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def backoff_seconds(attempt: int, base_seconds: float = BACKOFF_BASE_SECONDS) -> float:

@@ -25,17 +25,20 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from shared import deliveries
+from shared.batching import Batcher
 from shared.config import Settings
 from shared.db import make_engine
 from shared.deliveries import Due
-from shared.webhooks import Attempt, WebhookRefused, backoff_seconds, check_target, send, sign, valid_secret
+from shared.webhooks import WebhookRefused, backoff_seconds, check_target, sign, valid_secret
 from worker.metrics import WEBHOOK_ATTEMPTS
+from worker.webhook_post import Attempt, send
 
 log = logging.getLogger(__name__)
 
 # How often a sender loop looks for due deliveries when nobody woke it (retries, other processes' events).
 POLL_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 5.0
+RECORD_WAIT_SECONDS = 0.002  # how long an attempt's outcome waits for others to share its transaction
 MAX_ANSWER_BYTES = 65536
 
 
@@ -56,6 +59,12 @@ class Deliverer:
         self._max_attempts = max(1, settings.webhook_max_attempts)
         self._retry_base = settings.webhook_retry_base_seconds
         self._senders = max(1, settings.webhook_senders)
+        # Deliveries held per sender: as many as it surely sends, one timeout after another, well within the
+        # hold (a held delivery must not wait behind slow ones until its hold runs out). 8 with the defaults.
+        self._capacity = self._senders * max(1, int(lease_seconds // (1.5 * timeout)))
+        # Outcomes of concurrent attempts are recorded together: one transaction, one UPDATE for the successes.
+        self._recorder: Batcher[deliveries.Outcome, bool] = Batcher(self._record_all, 64, RECORD_WAIT_SECONDS,
+                                                                    name="webhook-recorder")
         self._lease_seconds = lease_seconds
         self._poll_seconds = poll_seconds
         self._timeout = timeout
@@ -90,9 +99,9 @@ class Deliverer:
         # Whatever is still unrecorded is sent again by some sender once its lease runs out (at least once).
 
     def poll_once(self) -> int:
-        """Take as many due deliveries as there are free senders and hand them over; how many were taken."""
+        """Take as many due deliveries as the senders can surely send within their hold; how many were taken."""
         with self._idle:
-            free = self._senders - self._busy
+            free = self._capacity - self._busy
         if free <= 0 or self._stop.is_set():
             return 0
         # Only what can be sent now: a held delivery waiting behind a slow one would use up its lease.
@@ -115,9 +124,7 @@ class Deliverer:
         made = due.attempts + 1
         retry_in = None if attempt.ok or made >= self._max_attempts else backoff_seconds(
             made, base_seconds=self._retry_base)
-        with self._engine.begin() as conn:
-            recorded = deliveries.record(conn, due, attempt.status, attempt.error, delivered=attempt.ok,
-                                         retry_in=retry_in)
+        recorded = self._recorder.submit(deliveries.Outcome(due, attempt.status, attempt.error, attempt.ok, retry_in))
         if recorded and retry_in is not None:
             self._retry_due_in(retry_in)
         outcome = "delivered" if attempt.ok else "retry" if retry_in is not None else "gave_up"
@@ -137,6 +144,11 @@ class Deliverer:
         # Signed at each attempt (a fresh timestamp), with the same webhook-id: receivers drop repeats by it.
         headers = sign(self._secret, deliveries.message_id(due.task_id, due.event), datetime.now(UTC), due.payload)
         return send(target, headers, due.payload.encode(), timeout=self._timeout, max_answer_bytes=MAX_ANSWER_BYTES)
+
+    def _record_all(self, outcomes: list[deliveries.Outcome]) -> list[bool]:
+        """The recorder's batch: every outcome in one transaction."""
+        with self._engine.begin() as conn:
+            return deliveries.record_many(conn, outcomes)
 
     def _run(self) -> None:
         """The poller: take due deliveries when woken, or every POLL_SECONDS."""
@@ -178,7 +190,7 @@ class Deliverer:
                               extra={"task_ids": [due.task_id]})
             finally:
                 with self._idle:
-                    was_full = self._busy == self._senders
+                    was_full = self._busy == self._capacity
                     self._busy -= 1
                     self._idle.notify_all()
                 if was_full:  # the poller could take nothing while every sender was busy: more may be due
