@@ -132,6 +132,8 @@ def bench_stack(args: argparse.Namespace, bench: BenchSettings, flower: bool, sc
     redis_port = make_url(bench.redis_url).port or 6379
     db_port = make_url(bench.database_url).port or 3306
     services = {"mariadb": service_pid("mariadbd", db_port), "redis": service_pid("redis-server", redis_port)}
+    if receiver:  # not part of the system (a deployment's receiver runs elsewhere), but on the same cores here
+        services["webhook receiver"] = receiver[0].pid
     results: dict[str, Any] = {"flower": flower}
     try:
         results["stack_ready_s"] = wait_for_workers(stack, args.ready_timeout)
@@ -218,14 +220,15 @@ def table(results: dict[str, Any]) -> str:
 
 def contract_table(results: dict[str, Any]) -> str:
     """The contract scenarios side by side: rate, latency, and the webhooks the receiver got."""
-    rows = ["| scenario | images/s | p50 ms | p99 ms | errors | web CPU ms | worker CPU ms |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| scenario | images/s | p50 ms | p99 ms | errors | web CPU ms | worker CPU ms | MariaDB CPU ms | "
+            "receiver CPU ms |", "|---|---|---|---|---|---|---|---|---|"]
     for scenario in CONTRACT:
         r = results.get(scenario.key)
         if r:
             cpu = r["cpu_ms_per_prediction"]
             rows.append(f"| {scenario.title} | {r['images_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                        f"{r['errors'] + r['failures']} | {cpu.get('web', 0):.2f} | {cpu.get('worker', 0):.2f} |")
+                        f"{r['errors'] + r['failures']} | {cpu.get('web', 0):.2f} | {cpu.get('worker', 0):.2f} | "
+                        f"{cpu.get('mariadb', 0):.2f} | {cpu.get('webhook receiver', 0):.2f} |")
     rows.append(f"\nwebhooks received: {results.get('webhooks_received', 'n/a')}")
     return "\n".join(rows)
 

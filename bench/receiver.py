@@ -1,45 +1,52 @@
 """A webhook receiver for the benchmark, in a process of its own: `python -m bench.receiver --port N`.
 
-It answers every POST with 204 at once (a fast receiver: the benchmark measures the service's cost of sending,
-not a slow receiver's) and counts them; GET /count answers the count, so the benchmark can check every
-webhook arrived.
+It answers every POST with 204 at once and counts them; GET /count answers the count, so the benchmark can check
+every webhook arrived. asyncio and a few lines of HTTP/1.1, like bench/load.py: on the benchmark's shared cores a
+receiver should cost little, since in a deployment it runs elsewhere (the benchmark reports its CPU apart).
 """
 
 from __future__ import annotations
 
 import argparse
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import asyncio
+import contextlib
 
 
-class _Counter(BaseHTTPRequestHandler):
-    received = 0
-    lock = threading.Lock()
+class Receiver:
+    """Counts POSTs; answers each at once."""
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        with _Counter.lock:
-            _Counter.received += 1
-        self.send_response(204)
-        self.end_headers()
+    def __init__(self) -> None:
+        self.received = 0
 
-    def do_GET(self) -> None:  # noqa: N802
-        body = str(_Counter.received).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: requests until the client closes it (the sender closes after each)."""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                fields = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+                await reader.readexactly(int(fields.get("content-length", "0")))
+                if lines[0].startswith("POST"):
+                    self.received += 1
+                    writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                else:
+                    body = str(self.received).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        writer.close()
 
-    def log_message(self, *_: object) -> None:
-        """Quiet: thousands of deliveries a minute."""
+
+async def _main(port: int) -> None:
+    server = await asyncio.start_server(Receiver().serve, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until killed."""
     parser = argparse.ArgumentParser(prog="python -m bench.receiver")
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    ThreadingHTTPServer(("127.0.0.1", args.port), _Counter).serve_forever()
+    asyncio.run(_main(parser.parse_args(argv).port))
     return 0
 
 
