@@ -88,8 +88,12 @@ class _Watchdog:
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="webhook-watchdog", daemon=True).start()
             key = next(self._ids)
-            self._watched[key] = (time.monotonic() + timeout, conn, expired)
-            self._cond.notify()
+            deadline = time.monotonic() + timeout
+            # Woken only when this deadline comes first: otherwise it wakes at an earlier one and sees this then
+            # (waking a thread per POST cost as much as the POST).
+            if all(deadline < other for other, _, _ in self._watched.values()):
+                self._cond.notify()
+            self._watched[key] = (deadline, conn, expired)
             return key
 
     def unwatch(self, key: int) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # How often a sender loop looks for due deliveries when nobody woke it (retries, other processes' events).
 POLL_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 5.0
+GATHER_SECONDS = 0.02  # after a wake-up, how long the poller lets more events gather before it takes them
 RECORD_WAIT_SECONDS = 0.002  # how long an attempt's outcome waits for others to share its transaction
 MAX_ANSWER_BYTES = 65536
 
@@ -160,7 +161,9 @@ class Deliverer:
                 log.warning("could not take due webhooks: %s", exc)
                 self._stop.wait(self._poll_seconds)
                 continue
-            self.wake.wait(self._next_wait())
+            if self.wake.wait(self._next_wait()):
+                # Woken by a batch: let the next few batches' events join this take (one take, one record).
+                self._stop.wait(GATHER_SECONDS)
 
     def _retry_due_in(self, seconds: float) -> None:
         """Note a retry this process recorded, so a back-off shorter than the poll is kept to."""
