@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import logging
 import math
@@ -182,6 +183,8 @@ def _normalise_host(host: str) -> str:
 
 def _resolve(host: str, port: int, resolve: Resolver) -> list[str]:
     """The host's TCP addresses, in the resolver's order, each once."""
+    with contextlib.suppress(ValueError):  # an address written out is its own answer: no lookup needed
+        return [str(ipaddress.ip_address(host))]
     try:
         infos = resolve(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError; too-long labels raise UnicodeError

@@ -130,7 +130,10 @@ class Deliverer:
             self._retry_due_in(retry_in)
         outcome = "delivered" if attempt.ok else "retry" if retry_in is not None else "gave_up"
         WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
-        log.info("webhook %s of %s, attempt %d: %s (%s)%s", due.event, due.task_id, made, outcome,
+        # A line per failed attempt; deliveries only at DEBUG (under load they are hundreds a second, and the
+        # document and the counter say it already).
+        level = logging.DEBUG if attempt.ok and recorded else logging.INFO
+        log.log(level, "webhook %s of %s, attempt %d: %s (%s)%s", due.event, due.task_id, made, outcome,
                  attempt.status if attempt.error is None else attempt.error,
                  "" if recorded else "; not recorded: its hold ran out and another sender took it over",
                  extra={"task_ids": [due.task_id]})
