@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from shared import deliveries
-from shared.batching import Batcher
 from shared.config import Settings
 from shared.db import make_engine
 from shared.deliveries import Due
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 5.0
 GATHER_SECONDS = 0.02  # after a wake-up, how long the poller lets more events gather before it takes them
-RECORD_WAIT_SECONDS = 0.002  # how long an attempt's outcome waits for others to share its transaction
 MAX_ANSWER_BYTES = 65536
 
 
@@ -63,15 +61,13 @@ class Deliverer:
         # Deliveries held per sender: as many as it surely sends, one timeout after another, well within the
         # hold (a held delivery must not wait behind slow ones until its hold runs out). 8 with the defaults.
         self._capacity = self._senders * max(1, int(lease_seconds // (1.5 * timeout)))
-        # Outcomes of concurrent attempts are recorded together: one transaction, one UPDATE for the successes.
-        self._recorder: Batcher[deliveries.Outcome, bool] = Batcher(self._record_all, 64, RECORD_WAIT_SECONDS,
-                                                                    name="webhook-recorder")
         self._lease_seconds = lease_seconds
         self._poll_seconds = poll_seconds
         self._timeout = timeout
         self.wake = wake if wake is not None else threading.Event()  # set: deliveries may be due now
         self._stop = threading.Event()
-        self._work: queue.SimpleQueue[Due | None] = queue.SimpleQueue()
+        # A take is split among the senders; each sends its share, then records it in one transaction.
+        self._work: queue.SimpleQueue[list[Due] | None] = queue.SimpleQueue()
         self._busy = 0  # deliveries held by this process: handed to a sender and not yet recorded
         self._idle = threading.Condition()
         # When the retries this process recorded fall due (monotonic, a heap): the poller looks then, not later.
@@ -110,8 +106,9 @@ class Deliverer:
             taken = deliveries.take_due(conn, free, self._lease_seconds)
         with self._idle:
             self._busy += len(taken)
-        for due in taken:
-            self._work.put(due)
+        shares = min(self._senders, len(taken))
+        for share in range(shares):
+            self._work.put(taken[share::shares])
         return len(taken)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -121,23 +118,39 @@ class Deliverer:
 
     def deliver(self, due: Due) -> Attempt:
         """Make one attempt of a held delivery and record it (delivered, retried later, or given up)."""
-        attempt = self._attempt(due)
+        return self.deliver_all([due])[0]
+
+    def deliver_all(self, held: list[Due]) -> list[Attempt]:
+        """One attempt of each held delivery, one after another, then all recorded in one transaction."""
+        attempts = [self._attempt(due) for due in held]
+        outcomes = [deliveries.Outcome(due, attempt.status, attempt.error, attempt.ok, self._retry_in(due, attempt))
+                    for due, attempt in zip(held, attempts, strict=True)]
+        with self._engine.begin() as conn:
+            recorded = deliveries.record_many(conn, outcomes)
+        for outcome, done in zip(outcomes, recorded, strict=True):
+            self._report(outcome, done)
+        return attempts
+
+    def _retry_in(self, due: Due, attempt: Attempt) -> float | None:
+        """When to try again after this attempt; None when delivered or given up."""
         made = due.attempts + 1
-        retry_in = None if attempt.ok or made >= self._max_attempts else backoff_seconds(
-            made, base_seconds=self._retry_base)
-        recorded = self._recorder.submit(deliveries.Outcome(due, attempt.status, attempt.error, attempt.ok, retry_in))
-        if recorded and retry_in is not None:
-            self._retry_due_in(retry_in)
-        outcome = "delivered" if attempt.ok else "retry" if retry_in is not None else "gave_up"
-        WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
+        return None if attempt.ok or made >= self._max_attempts else backoff_seconds(made,
+                                                                                    base_seconds=self._retry_base)
+
+    def _report(self, outcome: deliveries.Outcome, recorded: bool) -> None:
+        """Count and log one recorded attempt, and note when its retry falls due."""
+        due = outcome.due
+        if recorded and outcome.retry_in is not None:
+            self._retry_due_in(outcome.retry_in)
+        result = "delivered" if outcome.delivered else "retry" if outcome.retry_in is not None else "gave_up"
+        WEBHOOK_ATTEMPTS.labels(outcome=result).inc()
         # A line per failed attempt; deliveries only at DEBUG (under load they are hundreds a second, and the
         # document and the counter say it already).
-        level = logging.DEBUG if attempt.ok and recorded else logging.INFO
-        log.log(level, "webhook %s of %s, attempt %d: %s (%s)%s", due.event, due.task_id, made, outcome,
-                 attempt.status if attempt.error is None else attempt.error,
-                 "" if recorded else "; not recorded: its hold ran out and another sender took it over",
-                 extra={"task_ids": [due.task_id]})
-        return attempt
+        level = logging.DEBUG if outcome.delivered and recorded else logging.INFO
+        log.log(level, "webhook %s of %s, attempt %d: %s (%s)%s", due.event, due.task_id, due.attempts + 1, result,
+                outcome.status if outcome.error is None else outcome.error,
+                "" if recorded else "; not recorded: its hold ran out and another sender took it over",
+                extra={"task_ids": [due.task_id]})
 
     def _attempt(self, due: Due) -> Attempt:
         """One POST of the stored body to the target, checked again now; a refusal is a failed attempt."""
@@ -148,11 +161,6 @@ class Deliverer:
         # Signed at each attempt (a fresh timestamp), with the same webhook-id: receivers drop repeats by it.
         headers = sign(self._secret, deliveries.message_id(due.task_id, due.event), datetime.now(UTC), due.payload)
         return send(target, headers, due.payload.encode(), timeout=self._timeout, max_answer_bytes=MAX_ANSWER_BYTES)
-
-    def _record_all(self, outcomes: list[deliveries.Outcome]) -> list[bool]:
-        """The recorder's batch: every outcome in one transaction."""
-        with self._engine.begin() as conn:
-            return deliveries.record_many(conn, outcomes)
 
     def _run(self) -> None:
         """The poller: take due deliveries when woken, or every POLL_SECONDS."""
@@ -188,16 +196,16 @@ class Deliverer:
 
     def _send_loop(self) -> None:
         """A sender: attempt what the poller hands over until told to stop."""
-        while (due := self._work.get()) is not None:
+        while (held := self._work.get()) is not None:
             try:
-                self.deliver(due)
-            except Exception:  # its hold runs out and it is sent again: at least once
-                log.exception("webhook %s of %s: attempt not recorded", due.event, due.task_id,
-                              extra={"task_ids": [due.task_id]})
+                self.deliver_all(held)
+            except Exception:  # their holds run out and they are sent again: at least once
+                log.exception("webhooks of %s: attempts not recorded", ", ".join(d.task_id for d in held),
+                              extra={"task_ids": [d.task_id for d in held]})
             finally:
                 with self._idle:
                     was_full = self._busy == self._capacity
-                    self._busy -= 1
+                    self._busy -= len(held)
                     self._idle.notify_all()
                 if was_full:  # the poller could take nothing while every sender was busy: more may be due
                     self.wake.set()
