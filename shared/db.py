@@ -12,8 +12,12 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with a pool that survives MySQL dropping idle connections."""
+def make_engine(url: str, lock_wait_seconds: int | None = None, **kwargs: Any) -> Engine:
+    """An engine with a pool that survives MySQL dropping idle connections.
+
+    `lock_wait_seconds` bounds how long a statement waits for another transaction's row lock (MySQL's
+    innodb_lock_wait_timeout, 50 s by default) on the engine's connections.
+    """
     if url.startswith("sqlite"):
         # Pool sizes are for server databases: an in-memory SQLite's pool takes none (a file's keeps its default).
         kwargs = {k: v for k, v in kwargs.items() if k not in ("pool_size", "max_overflow")}
@@ -28,6 +32,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
+    if lock_wait_seconds is not None:
+        kwargs.setdefault("connect_args", {})["init_command"] = (
+            f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait_seconds)}")
     # recycle: stay under MySQL's wait_timeout on long-lived workers.
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 5)

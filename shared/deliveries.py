@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, delete, func, or_, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared.schema import WebhookDelivery, utcnow
 
@@ -52,12 +54,20 @@ def payload(document: Mapping[str, Any], event: str) -> str:
 
 
 def schedule(conn: Connection, events: Iterable[Event]) -> None:
-    """Record events to deliver, due now; in the caller's transaction, so a committed state has its deliveries."""
+    """Record events to deliver, due now; in the caller's transaction, so a committed state has its deliveries.
+
+    An event already recorded is left as it is: an upload claimed again (its worker died) starts only once.
+    """
     now = utcnow()
     rows = [{"task_id": e.task_id, "event": e.event, "url": e.url, "payload": payload(e.document, e.event),
              "state": PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now} for e in events]
-    if rows:
-        conn.execute(insert(TABLE), rows)
+    if not rows:
+        return
+    if conn.dialect.name in ("mysql", "mariadb"):
+        statement: Any = mysql_insert(TABLE).on_duplicate_key_update(id=COLUMNS.id)  # no-op on a repeat
+    else:
+        statement = sqlite_insert(TABLE).on_conflict_do_nothing()
+    conn.execute(statement, rows)
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,8 @@ def take_due(conn: Connection, limit: int, lease_seconds: float = LEASE_SECONDS)
         return []
     token = secrets.token_hex(8)
     # Guarded again: another sender may have taken some between the read and this write.
-    conn.execute(update(TABLE).where(COLUMNS.id.in_(ids), COLUMNS.state == PENDING, free)
+    conn.execute(update(TABLE).where(COLUMNS.id.in_(ids), COLUMNS.state == PENDING, COLUMNS.next_attempt_at <= now,
+                                     free)
                  .values(lease_expires_at=now + timedelta(seconds=lease_seconds), lease_token=token))
     rows = conn.execute(select(COLUMNS.id, COLUMNS.task_id, COLUMNS.event, COLUMNS.url, COLUMNS.payload,
                                COLUMNS.attempts).where(COLUMNS.id.in_(ids), COLUMNS.lease_token == token))

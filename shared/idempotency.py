@@ -30,6 +30,12 @@ MAX_KEY_LENGTH = 255
 KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 
 
+def stored(key: str) -> str:
+    """What the table keeps of a key: its SHA-256, hex. The key's exact bytes decide (MySQL's default collation
+    would take "abc", "ABC" and "abc " for one key), and a client's text is never stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def valid_key(key: str) -> bool:
     """Whether an Idempotency-Key header's value can be used (1 to 255 printable ASCII characters)."""
     return KEY.fullmatch(key) is not None  # fullmatch: "$" would let a trailing newline through
@@ -57,7 +63,7 @@ class Remembered:
 def recall(conn: Connection, owner: str, key: str, ttl_seconds: float) -> Remembered | None:
     """The key's record if it was stored less than `ttl_seconds` ago, else None."""
     row = conn.execute(select(COLUMNS.request_sha256, COLUMNS.task_ids, COLUMNS.created_at)
-                       .where(COLUMNS.owner == owner, COLUMNS.idem_key == key)).first()
+                       .where(COLUMNS.owner == owner, COLUMNS.idem_key == stored(key))).first()
     if row is None or row.created_at < utcnow() - timedelta(seconds=ttl_seconds):
         return None
     return Remembered(row.request_sha256, list(row.task_ids), row.created_at)
@@ -73,11 +79,11 @@ def remember(conn: Connection, owner: str, key: str, request_sha256: str, task_i
     """
     values = {"request_sha256": request_sha256, "task_ids": list(task_ids), "created_at": utcnow()}
     try:
-        conn.execute(insert(TABLE).values(owner=owner, idem_key=key, **values))
+        conn.execute(insert(TABLE).values(owner=owner, idem_key=stored(key), **values))
     except IntegrityError:
         # Only the failed statement was undone: the caller's transaction goes on.
         expired = COLUMNS.created_at < utcnow() - timedelta(seconds=ttl_seconds)
-        if not conn.execute(update(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key, expired)
+        if not conn.execute(update(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == stored(key), expired)
                             .values(**values)).rowcount:
             raise
 
@@ -103,15 +109,18 @@ def claim_all(conn: Connection, claims: Sequence[Claimed], ttl_seconds: float) -
     if not claims:
         return {}
     now = utcnow()
-    rows = [{"owner": c.owner, "idem_key": c.key, "request_sha256": c.request_sha256, "task_ids": list(c.task_ids),
-             "created_at": now} for c in sorted(claims, key=lambda c: (c.owner, c.key))]
+    rows = sorted(({"owner": c.owner, "idem_key": stored(c.key), "request_sha256": c.request_sha256,
+                    "task_ids": list(c.task_ids), "created_at": now} for c in claims),
+                  key=lambda row: (row["owner"], row["idem_key"]))
     conn.execute(_upsert(conn.dialect.name, rows, now - timedelta(seconds=ttl_seconds)))
-    pairs = sorted({(c.owner, c.key) for c in claims})
+    asked = {(c.owner, stored(c.key)): (c.owner, c.key) for c in claims}
+    pairs = sorted(asked)
     # A locking read: it sees the latest committed records (and ours), whatever snapshot the transaction has.
     found = conn.execute(select(COLUMNS.owner, COLUMNS.idem_key, COLUMNS.request_sha256, COLUMNS.task_ids,
                                 COLUMNS.created_at).where(tuple_(COLUMNS.owner, COLUMNS.idem_key).in_(pairs))
                          .with_for_update())
-    return {(r.owner, r.idem_key): Remembered(r.request_sha256, list(r.task_ids), r.created_at) for r in found}
+    return {asked[(r.owner, r.idem_key)]: Remembered(r.request_sha256, list(r.task_ids), r.created_at)
+            for r in found}
 
 
 def _upsert(dialect: str, rows: list[dict[str, object]], expired_before: datetime) -> Any:
@@ -132,7 +141,7 @@ def _upsert(dialect: str, rows: list[dict[str, object]], expired_before: datetim
 
 def forget(conn: Connection, owner: str, key: str) -> None:
     """Remove a key whose uploads were withdrawn (they could not be queued, so nothing was accepted)."""
-    conn.execute(delete(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == key))
+    conn.execute(delete(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == stored(key)))
 
 
 def forget_owner(conn: Connection, owner: str) -> int:

@@ -316,7 +316,8 @@ def cancel(conn: Connection, task_id: str, owner: str | None) -> Canceled | None
     gone, so its final write changes nothing, and a message still queued for it is skipped.
     """
     mine = [COLUMNS.task_id == task_id, *([COLUMNS.owner == owner] if owner is not None else [])]
-    if conn.execute(select(COLUMNS.id).where(*mine)).first() is None:
+    # Locking: if a worker's finish commits first, the UPDATE below then sees (and reports) its final row.
+    if conn.execute(select(COLUMNS.id).where(*mine).with_for_update()).first() is None:
         return None
     done = conn.execute(update(TABLE).where(*mine, COLUMNS.state.in_([State.PENDING.value, State.STARTED.value]))
                         .values(state=State.CANCELED.value, finished_at=utcnow(), claim_token=None,

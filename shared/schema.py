@@ -143,8 +143,10 @@ def settled(doc: Mapping[str, Any]) -> bool:
 
     Only settled documents are cached; retention and deletion remove their cached copies themselves.
     """
-    hook = doc.get("webhook")
-    return doc.get("state") in FINAL_STATES and (not hook or hook.get("state") != "PENDING")
+    hook = doc.get("webhook") or {}
+    # A webhook for `start` alone never reports a final delivery: it does not hold the document back.
+    owed = hook.get("state") == "PENDING" and "completed" in hook.get("events", ())
+    return doc.get("state") in FINAL_STATES and not owed
 
 
 class IdempotencyKey(Base):
@@ -156,7 +158,7 @@ class IdempotencyKey(Base):
 
     id: Mapped[int] = mapped_column(BIGINT, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(64), nullable=False)
-    idem_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    idem_key: Mapped[str] = mapped_column(String(255), nullable=False)  # the key's SHA-256 (idempotency.stored)
     # SHA-256 of what the request asked for (its files and fields): the same key with another request is refused.
     request_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     task_ids: Mapped[list[str]] = mapped_column(JSON, nullable=False)

@@ -20,6 +20,7 @@ from web.results import ResultWaiter
 log = logging.getLogger(__name__)
 
 # A broker hiccup is retried briefly before the upload is refused with a 503.
+WEB_LOCK_WAIT_SECONDS = 10
 ENQUEUE_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
@@ -38,7 +39,10 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     # Status reads of unfinished uploads and the ingest runner's INSERTs go to MySQL: keep enough connections
     # for a gevent process's concurrent reads, since each new one costs a TLS handshake attempt (PyMySQL's
     # default) and an overflow connection is closed when it is given back; more wait for one in the pool.
-    engine = make_engine(settings.database_url, pool_size=16, max_overflow=16)
+    # A repeat of an Idempotency-Key waits on the first request's row lock: 10 s, not MySQL's 50, before its 409
+    # (the web's own transactions hold locks for milliseconds).
+    engine = make_engine(settings.database_url, lock_wait_seconds=WEB_LOCK_WAIT_SECONDS, pool_size=16,
+                         max_overflow=16)
     producer = celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web")
     app.extensions[EXTENSION] = Deps(
         settings=settings,

@@ -125,36 +125,41 @@ class Ingest:
             enqueue(self._producer, self._queue, ids, self._retry_policy)
         except (KombuOperationalError, RedisError, OSError) as exc:
             log.error("could not enqueue %d upload(s): %s", len(ids), exc)
-            self._withdraw(fresh, ids)
-            return [QueueUnavailable(str(exc)) if s.fresh(o) else o for s, o in zip(group, outcomes, strict=True)]
+            self._withdraw([s for s in fresh if s.keyed is None])
+            if any(s.keyed is not None for s in fresh):
+                log.warning("keyed uploads kept for recovery to queue once the broker is back: %s",
+                            ", ".join(t for s in fresh if s.keyed is not None for t in s.task_ids))
+            return [QueueUnavailable(str(exc)) if s.fresh(o) and s.keyed is None else o
+                    for s, o in zip(group, outcomes, strict=True)]
         log.info("accepted %d upload(s) of %d request(s): %s", len(ids), len(fresh), ", ".join(ids),
                  extra={"task_ids": ids})
         return outcomes
 
-    def _withdraw(self, fresh: list[Submission], ids: list[str]) -> None:
-        """Not queued, so not accepted: remove the rows (and keys), so a retry records them anew."""
-        with self._engine.begin() as conn:
-            predictions.withdraw(conn, ids)
-            for s in fresh:
-                if s.keyed is not None:
-                    idempotency.forget(conn, s.keyed.owner, s.keyed.key)
+    def _withdraw(self, unkeyed: list[Submission]) -> None:
+        """Uploads without a key that could not be queued were not accepted: remove their rows (the client's retry
+        records them anew). Keyed ones stay, and are answered 202: they are in MySQL, recovery queues them once
+        Redis is back, and a retry with their key (here, or in another web process meanwhile) finds real rows."""
+        ids = [task_id for s in unkeyed for task_id in s.task_ids]
+        if ids:
+            with self._engine.begin() as conn:
+                predictions.withdraw(conn, ids)
 
     def _record_group(self, group: list[Submission]) -> list[Outcome]:
         """record(), tried again after a deadlock; a key whose first request holds it too long gets 409 alone."""
-        for _ in range(GROUP_TRIES):
+        tries = 0
+        while True:
             try:
                 return self.record(group)
             except OperationalError as exc:
                 code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-                keyed = [s for s in group if s.keyed is not None]
-                if code == LOCK_WAIT_TIMEOUT and keyed:
+                if code == LOCK_WAIT_TIMEOUT and any(s.keyed is not None for s in group):
                     rest = [s for s in group if s.keyed is None]
                     done = iter(self._record_group(rest) if rest else [])
                     return [KeyInUse(s.keyed.key) if s.keyed is not None else next(done) for s in group]
-                if code != DEADLOCK:
-                    raise
+                tries += 1
+                if code != DEADLOCK or tries >= GROUP_TRIES:
+                    raise  # a 503 for the whole group: the database is not answering as it should
                 log.info("ingest deadlocked with a concurrent group on an Idempotency-Key; trying again")
-        raise KeyInUse("a concurrent group kept the keys")
 
     def record(self, group: list[Submission]) -> list[Outcome]:
         """Commit the group's keys and the rows of every request that is not a repeat; each request's outcome.
@@ -176,7 +181,9 @@ class Ingest:
         """Fresh, unless the key's record names other uploads: then a replay of them, or KeyReused."""
         if s.keyed is None:
             return KeyedAnswer(s.task_ids, replayed=False)
-        found = known[(s.keyed.owner, s.keyed.key)]
+        found = known.get((s.keyed.owner, s.keyed.key))
+        if found is None:  # cannot happen (the upsert stored it, the locking read found it): refuse just this one
+            return KeyInUse(s.keyed.key)
         if found.task_ids == s.task_ids:
             return KeyedAnswer(s.task_ids, replayed=False)
         if found.request_sha256 != s.keyed.fingerprint:

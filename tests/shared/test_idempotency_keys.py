@@ -98,7 +98,7 @@ def test_a_group_claims_its_keys_in_one_statement_and_a_repeat_in_it_finds_the_f
         idempotency.remember(conn, OWNER, "live", "f" * 64, ["t0"], ttl_seconds=60)
         idempotency.remember(conn, OWNER, "old", "f" * 64, ["t9"], ttl_seconds=60)
         conn.execute(text("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR "
-                          "WHERE idem_key = 'old'"))
+                          "WHERE idem_key = :old"), {"old": idempotency.stored("old")})
     claims = [idempotency.Claimed(OWNER, "new", "a" * 64, ["t1"]),
               idempotency.Claimed(OWNER, "new", "a" * 64, ["t2"]),  # a repeat in the same group
               idempotency.Claimed(OWNER, "live", "b" * 64, ["t3"]),
@@ -110,3 +110,11 @@ def test_a_group_claims_its_keys_in_one_statement_and_a_repeat_in_it_finds_the_f
     assert known[(OWNER, "live")].task_ids == ["t0"]  # an earlier request's live key stands
     assert (known[(OWNER, "old")].task_ids, known[(OWNER, "old")].request_sha256) == (["t4"], "c" * 64)  # expired
     assert known[(OTHER, "new")].task_ids == ["t5"]
+
+
+def test_keys_differing_in_case_or_trailing_space_are_different_keys(keys):
+    claims = [idempotency.Claimed(OWNER, key, "a" * 64, [key]) for key in ("abc", "ABC", "abc ")]
+    with keys.begin() as conn:
+        known = idempotency.claim_all(conn, claims, ttl_seconds=60)
+    assert {key: found.task_ids for (_, key), found in known.items()} == {"abc": ["abc"], "ABC": ["ABC"],
+                                                                          "abc ": ["abc "]}

@@ -162,3 +162,12 @@ def test_row_retention_waits_for_a_webhook_still_owed(db_engine):
         assert retention.purge_rows(conn, later) == [plain]
         conn.execute(update(WebhookDelivery).values(state=deliveries.DELIVERED))
         assert retention.purge_rows(conn, later) == [owed]
+
+
+def test_an_upload_claimed_again_starts_once(db_engine):
+    task_id = _record(db_engine, webhook=HOOK, events="start,completed")
+    first = _claim(db_engine, task_id)
+    with db_engine.begin() as conn:
+        predictions.release(conn, first)  # the database or Redis was away: the claim is given back
+        again = predictions.claim(conn, [task_id], 0, "test-worker", 60)  # no duplicate-key error
+    assert again.images and [e for e, _ in _deliveries(db_engine, task_id)] == ["start"]

@@ -35,7 +35,7 @@ def test_a_document_whose_webhook_is_still_tried_is_published_but_not_cached(red
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(statuses.FINISHED_CHANNEL)
     pubsub.get_message(timeout=1)
-    statuses.cache_final(redis, [_doc(task_id, webhook={"state": "PENDING"})], 60)
+    statuses.cache_final(redis, [_doc(task_id, webhook={"state": "PENDING", "events": ["completed"]})], 60)
     message = pubsub.get_message(timeout=5)
     pubsub.close()
     assert message is not None and json.loads(message["data"])["task_id"] == task_id

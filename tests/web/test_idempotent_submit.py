@@ -165,14 +165,18 @@ def test_an_expired_key_records_anew(database_url, redis_url, db_engine, db_sess
     assert len(_rows(db_sessions, token)) == 2 and _keys(db_sessions, token) == 1
 
 
-def test_when_the_queue_is_away_neither_rows_nor_key_stay(database_url, db_engine, db_sessions, mnist):
+def test_when_the_queue_is_away_a_keyed_upload_is_kept_for_recovery_and_its_retry_finds_it(
+        database_url, db_engine, db_sessions, mnist):
     cfg = Settings(redis_url="redis://127.0.0.1:1/0", database_url=database_url, queue_name="tdown")
-    client, token = create_app(cfg).test_client(use_cookies=False), _token()
+    client, token, image = create_app(cfg).test_client(use_cookies=False), _token(), png_bytes(mnist.x_test[0])
 
-    resp = _post(client, [png_bytes(mnist.x_test[0])], token, "k")
+    first, retry = _post(client, [image], token, "k"), _post(client, [image], token, "k")
 
-    assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "queue_unavailable"
-    assert _rows(db_sessions, token) == [] and _keys(db_sessions, token) == 0  # a retry records anew
+    # In MySQL before the answer (the outbox): recovery queues it once Redis is back, so it is accepted.
+    assert first.status_code == 202 and not first.headers.get("Idempotent-Replayed")
+    assert retry.status_code == 202 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.get_json()["task_id"] == first.get_json()["task_id"]
+    assert [r.state for r in _rows(db_sessions, token)] == ["PENDING"] and _keys(db_sessions, token) == 1
 
 
 def _hold_key(db_engine, token: str, key: str, image: bytes):
