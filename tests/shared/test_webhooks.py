@@ -429,3 +429,32 @@ def test_a_shorter_base_shortens_every_wait_but_not_the_cap():
     assert 1.44 <= backoff_seconds(3, base_seconds=0.1) <= 1.6
     assert 0.9 * 7200 <= backoff_seconds(12, base_seconds=60) <= 7200
     assert backoff_seconds(4, base_seconds=0) == 0
+
+
+def test_a_receiver_dripping_its_tls_handshake_is_cut_at_the_timeout():
+    """A TLS record header promising 16 KB, then a byte every 0.2 s: no read ever times out, the total must."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KB is coming...
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"\x00")  # ...one byte at a time
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    target = check_target(f"https://127.0.0.1:{server.getsockname()[1]}/hook", LOCAL)
+    started = time.monotonic()
+    attempt = send(target, {}, b"{}", timeout=1.0)
+    took = time.monotonic() - started
+    stop.set()
+    server.close()
+    assert attempt.status is None and "timed out" in (attempt.error or "")
+    assert took < 3.0  # cut at the timeout, not left to drip for as long as the receiver likes
