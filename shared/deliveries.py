@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, delete, func, or_, select, update
+from sqlalchemy import Connection, Table, delete, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -172,8 +172,3 @@ def forget(conn: Connection, task_ids: Sequence[str]) -> None:
     """Remove the deliveries of uploads being deleted (in the caller's transaction)."""
     if task_ids:
         conn.execute(delete(TABLE).where(COLUMNS.task_id.in_(list(task_ids))))
-
-
-def pending(conn: Connection) -> int:
-    """Deliveries still to be made, due now or later (a gauge for operators)."""
-    return int(conn.scalar(select(func.count()).select_from(TABLE).where(COLUMNS.state == PENDING)) or 0)

@@ -2,8 +2,8 @@
 
 A key is scoped to its owner and stored in the same transaction as the upload rows it made, under a unique
 index: a web process killed between the two leaves neither or both. A repeat of the request within the key's
-lifetime finds it and makes nothing; a concurrent repeat's INSERT waits on the index until the first
-transaction ends, then fails, and the repeat answers with what the first one recorded.
+lifetime finds it and makes nothing; a concurrent repeat's upsert waits on the index until the first
+transaction ends, then finds the first one's record and answers with what it made.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Table, delete, func, select, tuple_
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 
 from shared.schema import IdempotencyKey, utcnow
 
@@ -58,34 +57,6 @@ class Remembered:
     request_sha256: str
     task_ids: list[str]
     created_at: datetime
-
-
-def recall(conn: Connection, owner: str, key: str, ttl_seconds: float) -> Remembered | None:
-    """The key's record if it was stored less than `ttl_seconds` ago, else None."""
-    row = conn.execute(select(COLUMNS.request_sha256, COLUMNS.task_ids, COLUMNS.created_at)
-                       .where(COLUMNS.owner == owner, COLUMNS.idem_key == stored(key))).first()
-    if row is None or row.created_at < utcnow() - timedelta(seconds=ttl_seconds):
-        return None
-    return Remembered(row.request_sha256, list(row.task_ids), row.created_at)
-
-
-def remember(conn: Connection, owner: str, key: str, request_sha256: str, task_ids: Sequence[str],
-             ttl_seconds: float) -> None:
-    """Store the key in the caller's transaction; an expired record of it is taken over in place.
-
-    Raises the database's IntegrityError when a live record exists (a concurrent duplicate's INSERT waits on the
-    unique index until the first transaction ends). The INSERT comes first: a DELETE of expired records before
-    it would take gap locks on which concurrent duplicates deadlock.
-    """
-    values = {"request_sha256": request_sha256, "task_ids": list(task_ids), "created_at": utcnow()}
-    try:
-        conn.execute(insert(TABLE).values(owner=owner, idem_key=stored(key), **values))
-    except IntegrityError:
-        # Only the failed statement was undone: the caller's transaction goes on.
-        expired = COLUMNS.created_at < utcnow() - timedelta(seconds=ttl_seconds)
-        if not conn.execute(update(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == stored(key), expired)
-                            .values(**values)).rowcount:
-            raise
 
 
 @dataclass(frozen=True)
@@ -137,11 +108,6 @@ def _upsert(dialect: str, rows: list[dict[str, object]], expired_before: datetim
     other = (sqlite_insert if dialect == "sqlite" else pg_insert)(TABLE).values(rows)
     return other.on_conflict_do_update(index_elements=["owner", "idem_key"], where=expired, set_={
         name: other.excluded[name] for name in ("request_sha256", "task_ids", "created_at")})
-
-
-def forget(conn: Connection, owner: str, key: str) -> None:
-    """Remove a key whose uploads were withdrawn (they could not be queued, so nothing was accepted)."""
-    conn.execute(delete(TABLE).where(COLUMNS.owner == owner, COLUMNS.idem_key == stored(key)))
 
 
 def forget_owner(conn: Connection, owner: str) -> int:

@@ -45,7 +45,6 @@ class KeyInUse(Exception):
     """The Idempotency-Key's first request is still being recorded, and did not end in time."""
 
 
-Rows = list[dict[str, Any]]
 # MySQL's error numbers: a lock wait that timed out (the key's first request holds it), and a deadlock between
 # two transactions inserting the same keys (one is rolled back and simply tries again).
 LOCK_WAIT_TIMEOUT, DEADLOCK = 1205, 1213

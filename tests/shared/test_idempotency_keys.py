@@ -6,7 +6,6 @@ import threading
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
 from shared import idempotency
 
@@ -35,41 +34,30 @@ def test_the_fingerprint_names_files_in_order_and_fields():
     assert one != idempotency.fingerprint([("a.png", b"1"), ("b.png", b"2")], [("webhook", "https://x.example")])
 
 
-def test_a_key_is_recalled_by_its_owner_only_until_it_expires(keys):
+def _claim(conn, owner: str, key: str, task_ids: list[str], ttl: float = 60, digest: str = "f" * 64):
+    """Claim one key, as a group of one request does; what the key names afterwards."""
+    return idempotency.claim_all(conn, [idempotency.Claimed(owner, key, digest, task_ids)], ttl)[(owner, key)]
+
+
+def test_a_live_key_keeps_its_first_record_per_owner_and_an_expired_one_is_taken_over(keys):
     with keys.begin() as conn:
-        idempotency.remember(conn, OWNER, "k1", "f" * 64, ["t1", "t2"], ttl_seconds=60)
-    with keys.connect() as conn:
-        found = idempotency.recall(conn, OWNER, "k1", 60)
-        assert found is not None and (found.request_sha256, found.task_ids) == ("f" * 64, ["t1", "t2"])
-        assert idempotency.recall(conn, OTHER, "k1", 60) is None
-        assert idempotency.recall(conn, OWNER, "k1", 0) is None  # expired: a new request may use it again
-
-
-def test_a_live_key_cannot_be_stored_twice_but_an_expired_one_is_replaced(keys):
+        first = _claim(conn, OWNER, "k1", ["t1", "t2"])
+    assert (first.request_sha256, first.task_ids) == ("f" * 64, ["t1", "t2"])
     with keys.begin() as conn:
-        idempotency.remember(conn, OWNER, "k1", "f" * 64, ["t1"], ttl_seconds=60)
-    with pytest.raises(IntegrityError), keys.begin() as conn:
-        idempotency.remember(conn, OWNER, "k1", "e" * 64, ["t9"], ttl_seconds=60)
-    with keys.begin() as conn:
-        idempotency.remember(conn, OTHER, "k1", "e" * 64, ["t9"], ttl_seconds=60)  # another owner's key
-        idempotency.remember(conn, OWNER, "k1", "d" * 64, ["t8"], ttl_seconds=0)  # the old record expired
-    with keys.connect() as conn:
-        assert idempotency.recall(conn, OWNER, "k1", 60).task_ids == ["t8"]
+        assert _claim(conn, OWNER, "k1", ["t9"], digest="e" * 64).task_ids == ["t1", "t2"]  # a repeat replays
+        assert _claim(conn, OTHER, "k1", ["t9"]).task_ids == ["t9"]  # another owner's key
+        assert _claim(conn, OWNER, "k1", ["t8"], ttl=0).task_ids == ["t8"]  # the old record expired
 
 
-def test_a_concurrent_duplicate_waits_for_the_first_transaction_then_fails(keys):
+def test_a_concurrent_duplicate_waits_for_the_first_transaction_then_finds_it(keys):
     first = keys.connect()
     tx = first.begin()
-    idempotency.remember(first, OWNER, "k1", "f" * 64, ["t1"], ttl_seconds=60)
-    outcome: list[BaseException | None] = []
+    _claim(first, OWNER, "k1", ["t1"])
+    outcome: list[list[str]] = []
 
     def duplicate() -> None:
-        try:
-            with keys.begin() as conn:
-                idempotency.remember(conn, OWNER, "k1", "f" * 64, ["t2"], ttl_seconds=60)
-            outcome.append(None)
-        except IntegrityError as exc:
-            outcome.append(exc)
+        with keys.begin() as conn:
+            outcome.append(_claim(conn, OWNER, "k1", ["t2"]).task_ids)
 
     thread = threading.Thread(target=duplicate)
     thread.start()
@@ -78,15 +66,13 @@ def test_a_concurrent_duplicate_waits_for_the_first_transaction_then_fails(keys)
     tx.commit()
     first.close()
     thread.join(10)
-    assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError)
-    with keys.connect() as conn:
-        assert idempotency.recall(conn, OWNER, "k1", 60).task_ids == ["t1"]
+    assert outcome == [["t1"]]
 
 
 def test_expired_keys_are_purged_in_bounded_batches(keys):
     with keys.begin() as conn:
         for i in range(5):
-            idempotency.remember(conn, OWNER, f"k{i}", "f" * 64, [], ttl_seconds=60)
+            _claim(conn, OWNER, f"k{i}", [])
         assert idempotency.purge_expired(conn, 3600, limit=10) == 0
         assert idempotency.purge_expired(conn, 0, limit=3) == 3
         assert idempotency.purge_expired(conn, 0, limit=3) == 2
@@ -95,8 +81,8 @@ def test_expired_keys_are_purged_in_bounded_batches(keys):
 
 def test_a_group_claims_its_keys_in_one_statement_and_a_repeat_in_it_finds_the_first(keys):
     with keys.begin() as conn:
-        idempotency.remember(conn, OWNER, "live", "f" * 64, ["t0"], ttl_seconds=60)
-        idempotency.remember(conn, OWNER, "old", "f" * 64, ["t9"], ttl_seconds=60)
+        _claim(conn, OWNER, "live", ["t0"])
+        _claim(conn, OWNER, "old", ["t9"])
         conn.execute(text("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR "
                           "WHERE idem_key = :old"), {"old": idempotency.stored("old")})
     claims = [idempotency.Claimed(OWNER, "new", "a" * 64, ["t1"]),

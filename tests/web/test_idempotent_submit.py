@@ -186,7 +186,7 @@ def _hold_key(db_engine, token: str, key: str, image: bytes):
     fingerprint = idempotency.fingerprint([("d0.png", image)], [("webhook", None), ("webhook_events", None)])
     conn = db_engine.connect()
     tx = conn.begin()
-    idempotency.remember(conn, owner_key(token), key, fingerprint, [upload.task_id], 3600)
+    idempotency.claim_all(conn, [idempotency.Claimed(owner_key(token), key, fingerprint, [upload.task_id])], 3600)
     predictions.record(conn, [upload], "held")
     return conn, tx, upload.task_id
 
