@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, delete, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -53,34 +53,53 @@ def payload(document: Mapping[str, Any], event: str) -> str:
     return json.dumps({"type": f"prediction.{event}", "data": body}, separators=(",", ":"))
 
 
-def schedule(conn: Connection, events: Iterable[Event]) -> None:
-    """Record events to deliver, due now; in the caller's transaction, so a committed state has its deliveries.
-
-    An event already recorded is left as it is: an upload claimed again (its worker died) starts only once.
-    """
-    now = utcnow()
-    rows = [{"task_id": e.task_id, "event": e.event, "url": e.url, "payload": payload(e.document, e.event),
-             "state": PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now} for e in events]
-    if not rows:
-        return
-    if conn.dialect.name in ("mysql", "mariadb"):
-        statement: Any = mysql_insert(TABLE).on_duplicate_key_update(id=COLUMNS.id)  # no-op on a repeat
-    else:
-        statement = sqlite_insert(TABLE).on_conflict_do_nothing()
-    conn.execute(statement, rows)
-
-
 @dataclass(frozen=True)
 class Due:
     """A delivery a sender holds: what to send, and the token that fences what it records."""
 
-    id: int
-    task_id: str
+    task_id: str  # with event, the delivery's key
     event: str
     url: str
     payload: str
     attempts: int
     token: str
+
+
+@dataclass
+class Hold:
+    """A sender's hold on up to `room` events as they are scheduled; `held` lists them once schedule() ran."""
+
+    token: str
+    seconds: float
+    room: int
+    held: list[Due] = field(default_factory=list)
+
+
+def schedule(conn: Connection, events: Iterable[Event], hold: Hold | None = None) -> None:
+    """Record events to deliver, due now; in the caller's transaction, so a committed state has its deliveries.
+
+    An event already recorded is left as it is: an upload claimed again (its worker died) starts only once.
+    With a hold, up to `hold.room` events are recorded as held by it and added to `hold.held`, for its sender to
+    send once the transaction commits: no take, no second read (the rest wait for a take). Hold only events
+    recorded for the first time (an upload's `completed`): a repeat keeps its row, and the hold would send it again.
+    """
+    now = utcnow()
+    dues = [Due(e.task_id, e.event, e.url, payload(e.document, e.event), 0, "") for e in events]
+    if not dues:
+        return
+    room = max(0, hold.room - len(hold.held)) if hold is not None else 0
+    token = hold.token if hold is not None else None
+    expires = now + timedelta(seconds=hold.seconds) if hold is not None else None
+    rows = [{"task_id": d.task_id, "event": d.event, "url": d.url, "payload": d.payload, "state": PENDING,
+             "attempts": 0, "next_attempt_at": now, "created_at": now, "lease_token": token if i < room else None,
+             "lease_expires_at": expires if i < room else None} for i, d in enumerate(dues)]
+    if conn.dialect.name in ("mysql", "mariadb"):
+        statement: Any = mysql_insert(TABLE).on_duplicate_key_update(id=COLUMNS.id)  # no-op on a repeat
+    else:
+        statement = sqlite_insert(TABLE).on_conflict_do_nothing()
+    conn.execute(statement, rows)
+    if hold is not None:
+        hold.held += [replace(d, token=hold.token) for d in dues[:room]]  # sent once the caller commits
 
 
 def take_due(conn: Connection, limit: int, lease_seconds: float = LEASE_SECONDS) -> list[Due]:
@@ -96,9 +115,9 @@ def take_due(conn: Connection, limit: int, lease_seconds: float = LEASE_SECONDS)
     conn.execute(update(TABLE).where(COLUMNS.id.in_(ids), COLUMNS.state == PENDING, COLUMNS.next_attempt_at <= now,
                                      free)
                  .values(lease_expires_at=now + timedelta(seconds=lease_seconds), lease_token=token))
-    rows = conn.execute(select(COLUMNS.id, COLUMNS.task_id, COLUMNS.event, COLUMNS.url, COLUMNS.payload,
-                               COLUMNS.attempts).where(COLUMNS.id.in_(ids), COLUMNS.lease_token == token))
-    return [Due(r.id, r.task_id, r.event, r.url, r.payload, r.attempts, token) for r in rows]
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.event, COLUMNS.url, COLUMNS.payload, COLUMNS.attempts)
+                        .where(COLUMNS.id.in_(ids), COLUMNS.lease_token == token).order_by(COLUMNS.next_attempt_at))
+    return [Due(r.task_id, r.event, r.url, r.payload, r.attempts, token) for r in rows]
 
 
 def record(conn: Connection, due: Due, status: int | None, error: str | None, delivered: bool,
@@ -114,7 +133,8 @@ def record(conn: Connection, due: Due, status: int | None, error: str | None, de
         values = {"state": FAILED}
     else:
         values = {"state": PENDING, "next_attempt_at": now + timedelta(seconds=retry_in)}
-    done = conn.execute(update(TABLE).where(COLUMNS.id == due.id, COLUMNS.lease_token == due.token)
+    done = conn.execute(update(TABLE).where(COLUMNS.task_id == due.task_id, COLUMNS.event == due.event,
+                                            COLUMNS.lease_token == due.token)
                         .values(attempts=COLUMNS.attempts + 1, last_status=status, last_error=(error or None) and
                                 error[:255], lease_expires_at=None, lease_token=None, **values)).rowcount
     return bool(done)
@@ -131,6 +151,14 @@ class Outcome:
     retry_in: float | None
 
 
+# Built once: under load a worker records a few dozen groups a second, and building the statement cost as much
+# as running it.
+_DELIVERED = (update(TABLE).where(COLUMNS.task_id.in_(bindparam("b_task_ids", expanding=True)),
+                                  COLUMNS.event == bindparam("b_event"), COLUMNS.lease_token == bindparam("b_token"))
+              .values(attempts=COLUMNS.attempts + 1, last_status=bindparam("b_status"), last_error=None,
+                      lease_expires_at=None, lease_token=None, state=DELIVERED, delivered_at=bindparam("b_now")))
+
+
 def record_many(conn: Connection, outcomes: Sequence[Outcome]) -> list[bool]:
     """Record several attempts at once; whether each was recorded (a hold taken over records nothing).
 
@@ -139,22 +167,20 @@ def record_many(conn: Connection, outcomes: Sequence[Outcome]) -> list[bool]:
     line differs, never what is stored); the rest one by one.
     """
     recorded = [False] * len(outcomes)
-    groups: dict[tuple[str, int | None], list[int]] = {}
+    groups: dict[tuple[str, str, int | None], list[int]] = {}
     for i, outcome in enumerate(outcomes):
         if outcome.delivered and outcome.error is None:
-            groups.setdefault((outcome.due.token, outcome.status), []).append(i)
+            groups.setdefault((outcome.due.token, outcome.due.event, outcome.status), []).append(i)
         else:
             recorded[i] = record(conn, outcome.due, outcome.status, outcome.error, outcome.delivered,
                                  outcome.retry_in)
     now = utcnow()
-    for (token, status), members in groups.items():
-        ids = [outcomes[i].due.id for i in members]
-        done = conn.execute(update(TABLE).where(COLUMNS.id.in_(ids), COLUMNS.lease_token == token)
-                            .values(attempts=COLUMNS.attempts + 1, last_status=status, last_error=None,
-                                    lease_expires_at=None, lease_token=None, state=DELIVERED,
-                                    delivered_at=now)).rowcount
+    for (token, event, status), members in groups.items():
+        task_ids = [outcomes[i].due.task_id for i in members]
+        done = conn.execute(_DELIVERED, {"b_task_ids": task_ids, "b_event": event, "b_token": token,
+                                         "b_status": status, "b_now": now}).rowcount
         for i in members:
-            recorded[i] = done == len(ids)
+            recorded[i] = done == len(task_ids)
     return recorded
 
 

@@ -28,7 +28,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 
-from shared.deliveries import Event, reports, schedule
+from shared.deliveries import Event, Hold, reports, schedule
 from shared.schema import FINAL_STATES, STATUS_COLUMNS, Prediction, State, status_document, utcnow
 
 log = logging.getLogger(__name__)
@@ -169,16 +169,19 @@ def _started_document(claimed: Claim, task_id: str) -> dict[str, Any]:
                             "created_at": claimed.created_at.get(task_id)})
 
 
-def _schedule_completed(conn: Connection, docs: Mapping[str, dict[str, Any]]) -> None:
-    """Schedule the `completed` webhook of uploads that just became final and asked for one."""
+def _schedule_completed(conn: Connection, docs: Mapping[str, dict[str, Any]], hold: Hold | None = None) -> None:
+    """Schedule the `completed` webhook of uploads that just became final and asked for one (under a hold, if
+    given: an upload becomes final once, so its `completed` is always new)."""
     schedule(conn, [Event(t, "completed", doc["webhook"]["url"], doc) for t, doc in docs.items()
-                               if doc.get("webhook") and "completed" in doc["webhook"]["events"]])
+                    if doc.get("webhook") and "completed" in doc["webhook"]["events"]], hold)
 
 
-def finish(conn: Connection, claim: Claim, results: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def finish(conn: Connection, claim: Claim, results: Mapping[str, dict[str, Any]],
+           hold: Hold | None = None) -> dict[str, dict[str, Any]]:
     """Write final results, only where this claim still holds; the documents as stored afterwards.
 
     A worker whose lease ran out (stalled, say) finds its claim taken over: its late write changes nothing.
+    The `completed` webhooks it schedules are held by `hold` (a sender of this process), as far as it has room.
     """
     finished = utcnow()
     values = {task_id: {**result, "finished_at": finished} for task_id, result in results.items()}
@@ -196,7 +199,7 @@ def finish(conn: Connection, claim: Claim, results: Mapping[str, dict[str, Any]]
         mine = _still_claimed(conn, claim.token, list(docs))
         ours = {t: doc for t, doc in docs.items() if t in mine and doc["state"] in FINAL_STATES}
     if claim.hooks:
-        _schedule_completed(conn, {t: doc for t, doc in ours.items() if t in claim.hooks})
+        _schedule_completed(conn, {t: doc for t, doc in ours.items() if t in claim.hooks}, hold)
     return docs
 
 

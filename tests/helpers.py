@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,17 @@ def slanted_stroke(slant: float) -> np.ndarray:
         left = round(13 + slant * (13.5 - row))
         image[row, left:left + 2] = 1.0
     return image
+
+
+def fake_resolver(table: dict[str, list[str]], calls: list[str] | None = None) -> Callable[..., list[tuple]]:
+    """A getaddrinfo stand-in that answers from a table (and raises like getaddrinfo for other names)."""
+
+    def resolve(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:
+        if calls is not None:
+            calls.append(host)
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                for a in table[host]]
+
+    return resolve

@@ -66,7 +66,6 @@ def _warm_up(serve_metrics: bool) -> None:
     from worker.recovery import Recovery, RecoveryLoop
     from worker.retention import Purge
     from worker.runtime import get_runtime
-    from worker.webhooks import start_deliverer
 
     runtime = get_runtime()
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
@@ -87,9 +86,9 @@ def _warm_up(serve_metrics: bool) -> None:
     presence.start()
     _presence.append(presence)
     # Webhooks on threads of their own, started here (after any fork): a slow receiver never holds a batch.
-    deliverer = start_deliverer(settings, runtime.webhooks_due)
-    if deliverer is not None:
-        _deliverers.append(deliverer)
+    if runtime.deliverer is not None:
+        runtime.deliverer.start()
+        _deliverers.append(runtime.deliverer)
 
 
 def _enqueue(task_ids: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared import predictions
+from shared.deliveries import Hold
 from shared.imaging import ImageRejected
 from shared.predictions import Claim, Found
 from shared.schema import State, status_document
@@ -44,6 +45,22 @@ class Model(Protocol):
         ...
 
 
+class Outbox(Protocol):
+    """What the pipeline needs of this process's webhook sender (worker/webhooks.py's Deliverer)."""
+
+    def reserve(self, count: int) -> Hold | None:
+        """Room to hold up to `count` events as they are scheduled, or None."""
+        ...
+
+    def hand(self, hold: Hold, committed: bool = True) -> None:
+        """Send what the hold holds (its transaction committed), or give its room back (it did not)."""
+        ...
+
+    def scheduled(self) -> None:
+        """Events nobody holds were scheduled: take them now."""
+        ...
+
+
 Docs = dict[str, dict[str, Any]]
 
 
@@ -59,8 +76,8 @@ class Pipeline:
     max_attempts: int
     publish: Callable[[Iterable[dict[str, Any]]], None]  # cache and announce final documents
     isolation: Isolation = field(default_factory=Isolation)  # one per process: every runner shares it
-    # Told after a commit that scheduled webhook deliveries, so this process's sender takes them at once.
-    webhooks_scheduled: Callable[[], None] | None = None
+    # This process's webhook sender: it holds the `completed` events a batch schedules, and hears of the rest.
+    webhooks: Outbox | None = None
 
     def run(self, task_ids: Sequence[str]) -> Docs:
         """Predict every task id's upload that is ours to do; each id's status document, in order."""
@@ -120,21 +137,35 @@ class Pipeline:
         with self.leases.holding(claim):
             try:
                 results = self._predict(claim)
-                with self.engine.begin() as conn:
-                    docs = predictions.finish(conn, claim, results)
+                docs = self._finish(claim, results)
             except INFRASTRUCTURE_ERRORS:
                 self._release(claim)
                 raise
-        if claim.hooks:  # finish scheduled their `completed` events (unless they were fenced)
-            self._webhooks_scheduled()
         self.publish(docs.values())
+        return docs
+
+    def _finish(self, claim: Claim, results: dict[str, dict[str, Any]]) -> Docs:
+        """Store the results; their `completed` webhooks go to this process's sender, held as they are scheduled."""
+        outbox = self.webhooks
+        hold = outbox.reserve(len(claim.hooks)) if claim.hooks and outbox is not None else None
+        try:
+            with self.engine.begin() as conn:
+                docs = predictions.finish(conn, claim, results, hold)
+        except BaseException:
+            if outbox is not None and hold is not None:
+                outbox.hand(hold, committed=False)
+            raise
+        if outbox is not None and hold is not None:
+            outbox.hand(hold)
+        if claim.hooks and (hold is None or hold.room < len(claim.hooks)):
+            self._webhooks_scheduled()  # some events nobody holds (unless finish was fenced): a take sends them
         return docs
 
     def _webhooks_scheduled(self) -> None:
         """Wake this process's webhook sender (its poll would find the deliveries within a second anyway)."""
-        if self.webhooks_scheduled is not None:
+        if self.webhooks is not None:
             try:
-                self.webhooks_scheduled()
+                self.webhooks.scheduled()
             except Exception:  # a wake-up only: never fail a stored batch over it
                 log.exception("could not wake the webhook sender")
 

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
@@ -23,6 +23,7 @@ from worker.leases import Leases
 from worker.metrics import observe_batch
 from worker.model import Predictor, load_predictor
 from worker.pipeline import Pipeline
+from worker.webhooks import Deliverer, make_deliverer
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ class WorkerRuntime:
     name: str
     pipeline: Pipeline
     batcher: MicroBatcher | None = None
-    # Set by the pipeline when it scheduled webhook deliveries: this process's Deliverer waits on it.
-    webhooks_due: threading.Event = field(default_factory=threading.Event)
+    # This process's webhook sender, started by the worker's warm-up (None without WEBHOOK_SECRET).
+    deliverer: Deliverer | None = None
 
     def predict(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Predict and store a batch of uploads by task id; each id's status document."""
@@ -88,12 +89,12 @@ def _build(settings: Settings) -> WorkerRuntime:
         # After the rows (the truth) are committed: a death in between leaves only a cold cache.
         cache_final(redis, docs, settings.result_ttl_seconds)
 
-    webhooks_due = threading.Event()
+    deliverer = make_deliverer(settings)
     pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=preprocessing.preprocess,
                         leases=Leases(engine, settings.sweep_after_seconds), max_attempts=settings.max_attempts,
-                        publish=publish, webhooks_scheduled=webhooks_due.set)
+                        publish=publish, webhooks=deliverer)
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,
-                            pipeline=pipeline, webhooks_due=webhooks_due)
+                            pipeline=pipeline, deliverer=deliverer)
     runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
                                    max_wait=settings.batch_max_wait_ms / 1000, runners=settings.batch_runners)
     return runtime

@@ -1,11 +1,13 @@
 """Webhook delivery: a worker process's sender loop, apart from prediction batches.
 
 Delivery state lives in MySQL only (shared/deliveries.py). Each worker process with a WEBHOOK_SECRET runs one
-Deliverer: a daemon thread that takes due deliveries under a short lease (one short transaction per take) and
+Deliverer: a poller thread that takes due deliveries under a short lease (one short transaction per take) and
 hands them to a few sending threads of its own, never to the Celery task threads or the batch runners, so a slow
 or dead receiver holds nothing but a sender. It looks every POLL_SECONDS, and at once when this process's
-pipeline scheduled an event. A killed worker's deliveries are taken over by any sender once their lease runs out,
-and sent again under the same webhook-id: at least once.
+pipeline scheduled events that nobody holds. The `completed` events of this process's own batches are not even
+taken: the pipeline reserves room, the transaction that schedules them records them as held by this process
+(shared/deliveries.py's Hold), and once it commits they go straight to a sender. A killed worker's deliveries
+are taken over by any sender once their lease runs out, and sent again under the same webhook-id: at least once.
 
 Each attempt checks the target again (DNS may have changed since the upload: a host that now resolves to a
 private address is a failed attempt), signs the stored body per Standard Webhooks and POSTs it once (5 s, no
@@ -18,6 +20,7 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
+import secrets
 import threading
 import time
 from datetime import UTC, datetime
@@ -28,9 +31,9 @@ from shared import deliveries
 from shared.config import Settings
 from shared.db import make_engine
 from shared.deliveries import Due
-from shared.webhooks import WebhookRefused, backoff_seconds, check_target, sign, valid_secret
+from shared.webhooks import Target, WebhookRefused, backoff_seconds, check_target, sign, valid_secret
 from worker.metrics import WEBHOOK_ATTEMPTS
-from worker.webhook_post import Attempt, send
+from worker.webhook_post import KEEP_ALIVE_SECONDS, Attempt, Poster
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,8 @@ MAX_ANSWER_BYTES = 65536
 class Deliverer:
     """Sends this process's share of due webhooks on `settings.webhook_senders` threads of its own."""
 
-    def __init__(self, engine: Engine, settings: Settings, *, wake: threading.Event | None = None,
-                 lease_seconds: float = deliveries.LEASE_SECONDS, poll_seconds: float = POLL_SECONDS,
-                 timeout: float = SEND_TIMEOUT_SECONDS) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, lease_seconds: float = deliveries.LEASE_SECONDS,
+                 poll_seconds: float = POLL_SECONDS, timeout: float = SEND_TIMEOUT_SECONDS) -> None:
         if not settings.webhook_secret or not valid_secret(settings.webhook_secret):
             raise ValueError("a Deliverer needs WEBHOOK_SECRET: whsec_ and base64 of 24+ bytes")
         # The hold must outlast an attempt and its record, or a second sender would send it too while it runs.
@@ -64,7 +66,7 @@ class Deliverer:
         self._lease_seconds = lease_seconds
         self._poll_seconds = poll_seconds
         self._timeout = timeout
-        self.wake = wake if wake is not None else threading.Event()  # set: deliveries may be due now
+        self.wake = threading.Event()  # set: deliveries may be due now
         self._stop = threading.Event()
         # A take is split among the senders; each sends its share, then records it in one transaction.
         self._work: queue.SimpleQueue[list[Due] | None] = queue.SimpleQueue()
@@ -73,6 +75,7 @@ class Deliverer:
         # When the retries this process recorded fall due (monotonic, a heap): the poller looks then, not later.
         self._retries: list[float] = []
         self._threads: list[threading.Thread] = []
+        self._local = threading.local()  # each sender's Poster
 
     def start(self) -> None:
         """Start the loop and the sending threads (daemons: a hung receiver never keeps a process alive)."""
@@ -83,6 +86,7 @@ class Deliverer:
         self._threads.append(threading.Thread(target=self._run, name="webhook-poller", daemon=True))
         for thread in self._threads:
             thread.start()
+        log.info("delivering webhooks on %d sender thread(s)", self._senders)
 
     def stop(self, timeout: float = SEND_TIMEOUT_SECONDS + 2) -> None:
         """Take nothing more, and give attempts in flight up to `timeout` seconds to be recorded."""
@@ -111,6 +115,28 @@ class Deliverer:
             self._work.put(taken[share::shares])
         return len(taken)
 
+    def reserve(self, count: int) -> deliveries.Hold | None:
+        """Room for up to `count` events about to be scheduled, held as they are; None if the senders are full
+        or not running (the poller takes the events then). Pass the hold to hand() whatever happens."""
+        with self._idle:
+            room = min(count, self._capacity - self._busy)
+            if room <= 0 or not self._threads or self._stop.is_set():
+                return None
+            self._busy += room
+        return deliveries.Hold(secrets.token_hex(8), self._lease_seconds, room)
+
+    def hand(self, hold: deliveries.Hold, committed: bool = True) -> None:
+        """Send what the hold holds once its transaction committed, and give back the room it did not use."""
+        held = hold.held if committed else []
+        self._release(hold.room - len(held))
+        per_sender = self._capacity // self._senders  # as many as one sender surely sends within the hold
+        for start in range(0, len(held), per_sender):
+            self._work.put(held[start:start + per_sender])
+
+    def scheduled(self) -> None:
+        """Events were scheduled that nobody holds: take them now rather than at the next poll."""
+        self.wake.set()
+
     def wait_idle(self, timeout: float) -> bool:
         """Whether every delivery this process took has been recorded within the timeout."""
         with self._idle:
@@ -122,7 +148,8 @@ class Deliverer:
 
     def deliver_all(self, held: list[Due]) -> list[Attempt]:
         """One attempt of each held delivery, one after another, then all recorded in one transaction."""
-        attempts = [self._attempt(due) for due in held]
+        checked: dict[str, Target | WebhookRefused] = {}  # each URL checked (resolved) once per share
+        attempts = [self._attempt(due, checked) for due in held]
         outcomes = [deliveries.Outcome(due, attempt.status, attempt.error, attempt.ok, self._retry_in(due, attempt))
                     for due, attempt in zip(held, attempts, strict=True)]
         with self._engine.begin() as conn:
@@ -152,15 +179,26 @@ class Deliverer:
                 "" if recorded else "; not recorded: its hold ran out and another sender took it over",
                 extra={"task_ids": [due.task_id]})
 
-    def _attempt(self, due: Due) -> Attempt:
+    def _attempt(self, due: Due, checked: dict[str, Target | WebhookRefused]) -> Attempt:
         """One POST of the stored body to the target, checked again now; a refusal is a failed attempt."""
-        try:
-            target = check_target(due.url, self._allowed)
-        except WebhookRefused as exc:
-            return Attempt(status=None, error=f"refused: {exc.message}")
+        target = checked.get(due.url)
+        if target is None:
+            try:
+                target = checked[due.url] = check_target(due.url, self._allowed)
+            except WebhookRefused as exc:
+                target = checked[due.url] = exc
+        if isinstance(target, WebhookRefused):
+            return Attempt(status=None, error=f"refused: {target.message}")
         # Signed at each attempt (a fresh timestamp), with the same webhook-id: receivers drop repeats by it.
         headers = sign(self._secret, deliveries.message_id(due.task_id, due.event), datetime.now(UTC), due.payload)
-        return send(target, headers, due.payload.encode(), timeout=self._timeout, max_answer_bytes=MAX_ANSWER_BYTES)
+        return self._poster().send(target, headers, due.payload.encode())
+
+    def _poster(self) -> Poster:
+        """This thread's Poster: its connections are kept for its next POSTs, never shared with another thread."""
+        poster: Poster | None = getattr(self._local, "poster", None)
+        if poster is None:
+            poster = self._local.poster = Poster(self._timeout, MAX_ANSWER_BYTES)
+        return poster
 
     def _run(self) -> None:
         """The poller: take due deliveries when woken, or every POLL_SECONDS."""
@@ -196,23 +234,41 @@ class Deliverer:
 
     def _send_loop(self) -> None:
         """A sender: attempt what the poller hands over until told to stop."""
-        while (held := self._work.get()) is not None:
+        while (held := self._next_work()) is not None:
             try:
                 self.deliver_all(held)
             except Exception:  # their holds run out and they are sent again: at least once
                 log.exception("webhooks of %s: attempts not recorded", ", ".join(d.task_id for d in held),
                               extra={"task_ids": [d.task_id for d in held]})
             finally:
-                with self._idle:
-                    was_full = self._busy == self._capacity
-                    self._busy -= len(held)
-                    self._idle.notify_all()
-                if was_full:  # the poller could take nothing while every sender was busy: more may be due
-                    self.wake.set()
+                self._release(len(held))
+
+    def _next_work(self) -> list[Due] | None:
+        """The next deliveries to send, or None to stop; kept connections are closed while none come."""
+        while True:
+            try:
+                held = self._work.get(timeout=KEEP_ALIVE_SECONDS)
+            except queue.Empty:
+                self._poster().close_idle()
+                continue
+            if held is None:
+                self._poster().close_idle(everything=True)
+            return held
+
+    def _release(self, count: int) -> None:
+        """`count` held deliveries were recorded (or never held): room for as many more."""
+        if count <= 0:
+            return
+        with self._idle:
+            was_full = self._busy == self._capacity
+            self._busy -= count
+            self._idle.notify_all()
+        if was_full:  # the poller could take nothing while every sender was busy: more may be due
+            self.wake.set()
 
 
-def start_deliverer(settings: Settings, wake: threading.Event) -> Deliverer | None:
-    """This process's running Deliverer on a database pool of its own, or None where it has no secret."""
+def make_deliverer(settings: Settings) -> Deliverer | None:
+    """This process's Deliverer (not started) on a database pool of its own, or None where it has no secret."""
     if not settings.webhook_secret:
         log.info("WEBHOOK_SECRET is not set: this worker delivers no webhooks")
         return None
@@ -221,7 +277,4 @@ def start_deliverer(settings: Settings, wake: threading.Event) -> Deliverer | No
         return None
     # Its own connections (one per sender and the poller's): webhook bookkeeping never takes one a batch needs.
     engine = make_engine(settings.database_url, pool_size=max(1, settings.webhook_senders) + 1, max_overflow=0)
-    deliverer = Deliverer(engine, settings, wake=wake, lease_seconds=settings.webhook_lease_seconds)
-    deliverer.start()
-    log.info("delivering webhooks on %d sender thread(s)", max(1, settings.webhook_senders))
-    return deliverer
+    return Deliverer(engine, settings, lease_seconds=settings.webhook_lease_seconds)

@@ -28,7 +28,7 @@ def test_successes_are_recorded_together_and_the_rest_one_by_one(db_engine):
     with db_engine.begin() as conn:
         held = deliveries.take_due(conn, 10)
         assert deliveries.take_due(conn, 10) == []  # all held: nobody else takes them
-    ok, also_ok, retry, gave_up = sorted(held, key=lambda d: d.id)
+    ok, also_ok, retry, gave_up = sorted(held, key=lambda d: d.task_id)
     with db_engine.begin() as conn:
         recorded = deliveries.record_many(conn, [
             Outcome(ok, 200, None, True, None), Outcome(also_ok, 200, None, True, None),
@@ -48,3 +48,20 @@ def test_a_hold_taken_over_records_nothing(db_engine):
         assert deliveries.record_many(conn, [Outcome(d, 200, None, True, None) for d in stale]) == [False, False]
         assert deliveries.record_many(conn, [Outcome(d, 204, None, True, None) for d in fresh]) == [True, True]
     assert _states(db_engine) == [("DELIVERED", 1, 204)] * 2
+
+
+def test_a_hold_takes_events_as_they_are_scheduled_up_to_its_room(db_engine):
+    with db_engine.begin() as conn:
+        conn.execute(text("DELETE FROM webhook_deliveries"))
+        hold = deliveries.Hold("hold-token", 60.0, room=2)
+        deliveries.schedule(conn, [Event(f"00000000-0000-4000-8000-{i:012d}", "completed", "https://x.example/",
+                                         {"task_id": str(i)}) for i in range(3)], hold)
+        deliveries.schedule(conn, [Event("00000000-0000-4000-8000-000000000009", "completed", "https://x.example/",
+                                         {"task_id": "9"})], hold)  # the hold is full: left for a take
+    assert [(d.task_id[-1], d.token, d.attempts) for d in hold.held] == [("0", "hold-token", 0),
+                                                                          ("1", "hold-token", 0)]
+    assert '"task_id":"0"' in hold.held[0].payload
+    with db_engine.begin() as conn:
+        assert sorted(d.task_id[-1] for d in deliveries.take_due(conn, 10)) == ["2", "9"]  # the held are not due
+        assert deliveries.record_many(conn, [Outcome(d, 204, None, True, None) for d in hold.held]) == [True, True]
+    assert sorted(_states(db_engine)) == [("DELIVERED", 1, 204)] * 2 + [("PENDING", 0, None)] * 2

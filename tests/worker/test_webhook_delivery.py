@@ -33,7 +33,7 @@ from tests.helpers import eventually, png_bytes
 from worker.leases import Leases
 from worker.model import load_predictor
 from worker.pipeline import Pipeline
-from worker.webhooks import Deliverer, start_deliverer
+from worker.webhooks import Deliverer, make_deliverer
 
 log = logging.getLogger(__name__)
 QUEUE = "test-webhooks"
@@ -293,13 +293,17 @@ def predictor(trained_model):
     return load_predictor(trained_model)
 
 
+def pipeline_for(engine, predictor, deliverer: Deliverer) -> Pipeline:
+    """A worker process's pipeline whose webhook sender is this Deliverer."""
+    return Pipeline(engine=engine, model=predictor, worker_name="test-worker", preprocess=preprocessing.preprocess,
+                    leases=Leases(engine, 60), max_attempts=3, publish=lambda docs: None, webhooks=deliverer)
+
+
 def test_a_hung_receiver_holds_no_prediction_batch(engine, hook_settings, receiver, deliverers, predictor, mnist):
     receiver.script = [receiver.hold]
-    # One sender, polling only when woken: the pipeline's wake-up is what starts each delivery.
+    # One sender that never polls by itself: the pipeline hands it each batch's events.
     deliverer = deliverers(hook_settings.model_copy(update={"webhook_senders": 1}), poll_seconds=3600)
-    pipeline = Pipeline(engine=engine, model=predictor, worker_name="test-worker",
-                        preprocess=preprocessing.preprocess, leases=Leases(engine, 60), max_attempts=3,
-                        publish=lambda docs: None, webhooks_scheduled=deliverer.wake.set)
+    pipeline = pipeline_for(engine, predictor, deliverer)
     first = record_upload(engine, receiver.url, data=png_bytes(mnist.x_test[0]))
     pipeline.run([first])
     assert receiver.held.wait(10)  # its delivery is in flight, and stays so
@@ -314,6 +318,61 @@ def test_a_hung_receiver_holds_no_prediction_batch(engine, hook_settings, receiv
     receiver.release.set()
     assert eventually(lambda: all(hook_state(engine, t, "DELIVERED")() for t in (first, second)))
     assert [json.loads(r.body)["data"]["task_id"] for r in receiver.requests] == [first, second]
+
+
+def test_a_batchs_completed_webhooks_go_to_its_processs_sender_without_a_take(
+        engine, hook_settings, receiver, deliverers, predictor, mnist, monkeypatch):
+    taken: list[int] = []
+    take_due = deliveries.take_due
+
+    def counted_take(*args: Any, **kwargs: Any) -> list[deliveries.Due]:
+        found = take_due(*args, **kwargs)
+        taken.append(len(found))
+        return found
+
+    monkeypatch.setattr(deliveries, "take_due", counted_take)
+    deliverer = deliverers(hook_settings, poll_seconds=3600)
+    task_ids = [record_upload(engine, receiver.url, data=png_bytes(mnist.x_test[i])) for i in range(3)]
+
+    docs = pipeline_for(engine, predictor, deliverer).run(task_ids)
+
+    assert all(doc["state"] == "SUCCESS" for doc in docs.values())
+    assert eventually(lambda: all(hook_state(engine, t, "DELIVERED")() for t in task_ids))
+    assert sorted(json.loads(r.body)["data"]["task_id"] for r in receiver.requests) == sorted(task_ids)
+    assert sum(taken) == 0  # held as the batch's transaction scheduled them: no take, no second read
+    assert deliverer.wait_idle(5)
+
+
+def test_events_beyond_the_senders_room_wait_for_a_take(engine, hook_settings, receiver, deliverers, predictor,
+                                                        mnist):
+    deliverer = deliverers(hook_settings.model_copy(update={"webhook_senders": 1}), poll_seconds=3600)
+    full = deliverer.reserve(1000)  # every sender's room taken (as by a slow receiver's deliveries)
+    assert full is not None and deliverer.reserve(1) is None
+    task_id = record_upload(engine, receiver.url, data=png_bytes(mnist.x_test[0]))
+
+    assert pipeline_for(engine, predictor, deliverer).run([task_id])[task_id]["state"] == "SUCCESS"
+
+    assert delivery(engine, task_id).lease_token is None  # scheduled, held by nobody
+    deliverer.hand(full, committed=False)  # the room comes back: the poller takes what waits
+    assert eventually(hook_state(engine, task_id, "DELIVERED"))
+
+
+def test_a_hold_whose_transaction_rolled_back_sends_nothing_and_gives_its_room_back(
+        engine, hook_settings, receiver, deliverers):
+    deliverer = deliverers(hook_settings, poll_seconds=3600)
+    hold = deliverer.reserve(2)
+    assert hold is not None and hold.room == 2
+    with contextlib.suppress(RuntimeError), engine.begin() as conn:
+        deliveries.schedule(conn, [deliveries.Event("00000000-0000-4000-8000-000000000001", "completed",
+                                                    receiver.url, {"task_id": "x"})], hold)
+        raise RuntimeError("the batch's transaction failed")
+    assert len(hold.held) == 1
+
+    deliverer.hand(hold, committed=False)
+
+    assert deliverer.wait_idle(0) and receiver.requests == []
+    with engine.begin() as conn:
+        assert conn.execute(select(WebhookDelivery)).all() == []
 
 
 def test_the_start_event_is_delivered_when_asked_for(engine, hook_settings, receiver, deliverers):
@@ -362,21 +421,21 @@ def test_a_deliverer_needs_a_valid_secret(engine, settings):
 def test_a_worker_without_a_secret_says_so_once_and_starts_no_sender(settings, caplog):
     caplog.set_level(logging.INFO, logger="worker.webhooks")
     before = set(threading.enumerate())
-    assert start_deliverer(settings, threading.Event()) is None
+    assert make_deliverer(settings) is None
     assert [r.getMessage() for r in caplog.records] == ["WEBHOOK_SECRET is not set: this worker delivers no webhooks"]
     assert set(threading.enumerate()) - before == set()
 
 
 def test_the_workers_sender_runs_on_threads_and_a_pool_of_its_own(engine, hook_settings, receiver):
-    wake = threading.Event()
     before = set(threading.enumerate())
-    deliverer = start_deliverer(hook_settings, wake)
-    assert deliverer is not None
+    deliverer = make_deliverer(hook_settings)
+    assert deliverer is not None and set(threading.enumerate()) == before  # nothing runs before start()
+    deliverer.start()
     try:
         started = set(threading.enumerate()) - before
         assert {t.name for t in started} == {"webhook-poller", "webhook-sender-0", "webhook-sender-1"}
         task_id = completed_upload(engine, receiver.url)
-        wake.set()  # as the pipeline does after a finish that scheduled an event
+        deliverer.scheduled()  # as the pipeline does after a finish that scheduled events nobody holds
         assert eventually(hook_state(engine, task_id, "DELIVERED"))
     finally:
         deliverer.stop()

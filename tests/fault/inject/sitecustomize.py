@@ -58,8 +58,8 @@ def _install(cfg: FaultSettings) -> None:
             _trace(cfg, "slept")
         return preprocess(data)
 
-    def traced_finish(conn, claim, results):  # type: ignore[no-untyped-def]
-        docs = finish(conn, claim, results)
+    def traced_finish(conn, claim, results, hold=None):  # type: ignore[no-untyped-def]
+        docs = finish(conn, claim, results, hold)
         _trace(cfg, "finished " + ",".join(f"{t}={d['state']}" for t, d in docs.items()))
         return docs
 
