@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,13 +72,17 @@ WITH_FLOWER = (
     Scenario("batch", "batch path (16 files per request, one request)", per_request=16, batch=True),
 )
 WITHOUT_FLOWER = (Scenario("one_request", "single uploads, one request, no Flower"),)
-# `--contract`: the contract's costs, alternated twice in one run so that the machine's drift hits each alike.
-CONTRACT = tuple(
-    Scenario(f"{key}_{n}", f"{title} ({n})", keyed=keyed, webhook=webhook)
-    for n in (1, 2)
-    for key, title, keyed, webhook in (("plain", "single uploads, one request", False, False),
-                                       ("keyed", "... with an Idempotency-Key", True, False),
-                                       ("webhook", "... with a webhook", False, True)))
+# `--contract`: the contract's costs, alternated `--rounds` times in one run so that the machine's drift hits each
+# alike; plain uploads' own spread across rounds is the noise the others are compared with.
+CONTRACT_KINDS = (("plain", "single uploads, one request", False, False),
+                  ("keyed", "... with an Idempotency-Key", True, False),
+                  ("webhook", "... with a webhook", False, True))
+
+
+def contract_scenarios(rounds: int) -> tuple[Scenario, ...]:
+    """The contract's scenarios, plain, keyed and webhook uploads in turn, `rounds` times."""
+    return tuple(Scenario(f"{key}_{n}", f"{title} ({n})", keyed=keyed, webhook=webhook)
+                 for n in range(1, rounds + 1) for key, title, keyed, webhook in CONTRACT_KINDS)
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -218,19 +223,38 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def contract_table(results: dict[str, Any]) -> str:
-    """The contract scenarios side by side: rate, latency, and the webhooks the receiver got."""
+def contract_table(results: dict[str, Any], scenarios: Sequence[Scenario]) -> str:
+    """The contract scenarios side by side: rate, latency, and the webhooks the receiver got; then each kind's
+    mean rate, its spread, and how far it is from plain uploads'."""
     rows = ["| scenario | images/s | p50 ms | p99 ms | errors | web CPU ms | worker CPU ms | MariaDB CPU ms | "
             "receiver CPU ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for scenario in CONTRACT:
+    for scenario in scenarios:
         r = results.get(scenario.key)
         if r:
             cpu = r["cpu_ms_per_prediction"]
             rows.append(f"| {scenario.title} | {r['images_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                         f"{r['errors'] + r['failures']} | {cpu.get('web', 0):.2f} | {cpu.get('worker', 0):.2f} | "
                         f"{cpu.get('mariadb', 0):.2f} | {cpu.get('webhook receiver', 0):.2f} |")
-    rows.append(f"\nwebhooks received: {results.get('webhooks_received', 'n/a')}")
-    return "\n".join(rows)
+    rows.append(f"\nwebhooks received: {results.get('webhooks_received', 'n/a')}\n")
+    return "\n".join(rows + contract_summary(results))
+
+
+def contract_summary(results: dict[str, Any]) -> list[str]:
+    """Per kind of upload: the mean rate over its rounds, lowest and highest, and the mean against plain's."""
+    rates = {key: [r["images_per_s"] for name, r in results.items() if name.startswith(f"{key}_")]
+             for key, _, _, _ in CONTRACT_KINDS}
+    if not rates["plain"]:
+        return []
+    plain = statistics.fmean(rates["plain"])
+    rows = ["| uploads | rounds | mean images/s | lowest | highest | mean vs plain |", "|---|---|---|---|---|---|"]
+    for key, values in rates.items():
+        if values:
+            mean = statistics.fmean(values)
+            rows.append(f"| {key} | {len(values)} | {mean:.0f} | {min(values):.0f} | {max(values):.0f} | "
+                        f"{100 * (mean / plain - 1):+.1f}% |")
+    spread = 100 * (max(rates["plain"]) - min(rates["plain"])) / plain
+    rows.append(f"\nnoise: plain uploads' own rounds span {spread:.1f}% of their mean")
+    return rows
 
 
 def cpu_table(results: dict[str, Any]) -> str:
@@ -260,7 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-no-flower", action="store_true", help="leave out the run without Flower")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--contract", action="store_true",
-                        help="only the contract's costs: plain, keyed and webhook uploads, alternated twice")
+                        help="only the contract's costs: plain, keyed and webhook uploads, alternated --rounds times")
+    parser.add_argument("--rounds", type=int, default=4, help="with --contract: how many times each kind runs")
     return parser.parse_args(argv)
 
 
@@ -274,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                                "machine": platform.platform(), "clients": args.clients, "seconds": args.seconds}
     if args.contract:
-        results["contract"] = bench_stack(args, bench, True, CONTRACT, samples)
-        print(contract_table(results["contract"]))  # noqa: T201 - the command's output
+        scenarios = contract_scenarios(args.rounds)
+        results["contract"] = bench_stack(args, bench, True, scenarios, samples)
+        print(contract_table(results["contract"], scenarios))  # noqa: T201 - the command's output
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0

@@ -42,6 +42,8 @@ POLL_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 5.0
 GATHER_SECONDS = 0.02  # after a wake-up, how long the poller lets more events gather before it takes them
 MAX_ANSWER_BYTES = 65536
+CHECK_SECONDS = 1.0  # how long a checked target (its resolved address) is used before it is checked again
+MAX_CHECKED = 10_000
 
 
 class Deliverer:
@@ -76,6 +78,10 @@ class Deliverer:
         self._retries: list[float] = []
         self._threads: list[threading.Thread] = []
         self._local = threading.local()  # each sender's Poster
+        self._checked: dict[str, tuple[float, Target | WebhookRefused]] = {}  # url: (when checked, the answer)
+        self._pending: list[deliveries.Outcome] = []  # attempts made, waiting to be recorded
+        self._pending_lock = threading.Lock()
+        self._recording = False  # a sender is recording what is pending
 
     def start(self) -> None:
         """Start the loop and the sending threads (daemons: a hung receiver never keeps a process alive)."""
@@ -142,21 +148,49 @@ class Deliverer:
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
-    def deliver(self, due: Due) -> Attempt:
-        """Make one attempt of a held delivery and record it (delivered, retried later, or given up)."""
-        return self.deliver_all([due])[0]
+    def _attempt_all(self, held: list[Due]) -> list[deliveries.Outcome]:
+        """One attempt of each held delivery, one after another; what to record of each."""
+        attempts = [self._attempt(due) for due in held]
+        return [deliveries.Outcome(due, attempt.status, attempt.error, attempt.ok, self._retry_in(due, attempt))
+                for due, attempt in zip(held, attempts, strict=True)]
 
-    def deliver_all(self, held: list[Due]) -> list[Attempt]:
-        """One attempt of each held delivery, one after another, then all recorded in one transaction."""
-        checked: dict[str, Target | WebhookRefused] = {}  # each URL checked (resolved) once per share
-        attempts = [self._attempt(due, checked) for due in held]
-        outcomes = [deliveries.Outcome(due, attempt.status, attempt.error, attempt.ok, self._retry_in(due, attempt))
-                    for due, attempt in zip(held, attempts, strict=True)]
-        with self._engine.begin() as conn:
-            recorded = deliveries.record_many(conn, outcomes)
-        for outcome, done in zip(outcomes, recorded, strict=True):
-            self._report(outcome, done)
-        return attempts
+    def _record(self, outcomes: list[deliveries.Outcome]) -> None:
+        """Record outcomes together with those other senders finished meanwhile, and give back their room.
+
+        Group commit: the sender that finds nobody recording records everything pending, in one transaction,
+        until nothing is left; the others leave theirs to it. Under load batches are small (two or three
+        uploads), and a transaction per batch cost more than the sends.
+        """
+        with self._pending_lock:
+            self._pending += outcomes
+            if self._recording:
+                return
+            self._recording = True
+        try:
+            while batch := self._take_pending():
+                try:
+                    with self._engine.begin() as conn:
+                        recorded = deliveries.record_many(conn, batch)
+                except Exception:  # their holds run out and they are sent again: at least once
+                    log.exception("webhooks of %s: attempts not recorded", ", ".join(o.due.task_id for o in batch),
+                                  extra={"task_ids": [o.due.task_id for o in batch]})
+                else:
+                    for outcome, done in zip(batch, recorded, strict=True):
+                        self._report(outcome, done)
+                finally:
+                    self._release(len(batch))
+        except BaseException:  # never left marked as recording, or nothing would be recorded again
+            with self._pending_lock:
+                self._recording = False
+            raise
+
+    def _take_pending(self) -> list[deliveries.Outcome]:
+        """The outcomes waiting to be recorded, now this sender's to record."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                self._recording = False  # in the same lock: an outcome added after this is recorded by its sender
+            return batch
 
     def _retry_in(self, due: Due, attempt: Attempt) -> float | None:
         """When to try again after this attempt; None when delivered or given up."""
@@ -179,19 +213,34 @@ class Deliverer:
                 "" if recorded else "; not recorded: its hold ran out and another sender took it over",
                 extra={"task_ids": [due.task_id]})
 
-    def _attempt(self, due: Due, checked: dict[str, Target | WebhookRefused]) -> Attempt:
+    def _attempt(self, due: Due) -> Attempt:
         """One POST of the stored body to the target, checked again now; a refusal is a failed attempt."""
-        target = checked.get(due.url)
-        if target is None:
-            try:
-                target = checked[due.url] = check_target(due.url, self._allowed)
-            except WebhookRefused as exc:
-                target = checked[due.url] = exc
+        target = self._check(due.url)
         if isinstance(target, WebhookRefused):
             return Attempt(status=None, error=f"refused: {target.message}")
         # Signed at each attempt (a fresh timestamp), with the same webhook-id: receivers drop repeats by it.
         headers = sign(self._secret, deliveries.message_id(due.task_id, due.event), datetime.now(UTC), due.payload)
         return self._poster().send(target, headers, due.payload.encode())
+
+    def _check(self, url: str) -> Target | WebhookRefused:
+        """The URL's target, or why it is refused: checked (resolved) again once CHECK_SECONDS have passed.
+
+        Whatever the answer, a POST goes only to an address that was checked: a name that resolves elsewhere
+        later is checked again within CHECK_SECONDS, like a short DNS TTL (a check per POST cost as much as
+        the POST under load).
+        """
+        now = time.monotonic()
+        known = self._checked.get(url)
+        if known is not None and now - known[0] < CHECK_SECONDS:
+            return known[1]
+        try:
+            result: Target | WebhookRefused = check_target(url, self._allowed)
+        except WebhookRefused as exc:
+            result = exc
+        if len(self._checked) >= MAX_CHECKED:  # many receivers: start again rather than grow without bound
+            self._checked.clear()
+        self._checked[url] = (now, result)
+        return result
 
     def _poster(self) -> Poster:
         """This thread's Poster: its connections are kept for its next POSTs, never shared with another thread."""
@@ -236,12 +285,13 @@ class Deliverer:
         """A sender: attempt what the poller hands over until told to stop."""
         while (held := self._next_work()) is not None:
             try:
-                self.deliver_all(held)
+                outcomes = self._attempt_all(held)
             except Exception:  # their holds run out and they are sent again: at least once
-                log.exception("webhooks of %s: attempts not recorded", ", ".join(d.task_id for d in held),
+                log.exception("webhooks of %s: attempts not made", ", ".join(d.task_id for d in held),
                               extra={"task_ids": [d.task_id for d in held]})
-            finally:
                 self._release(len(held))
+                continue
+            self._record(outcomes)
 
     def _next_work(self) -> list[Due] | None:
         """The next deliveries to send, or None to stop; kept connections are closed while none come."""

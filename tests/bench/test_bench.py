@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
+from bench.__main__ import contract_summary, main
 from bench.load import multipart
 
 pytestmark = pytest.mark.e2e
@@ -39,3 +39,14 @@ def test_bench_runs_every_scenario_and_reports_them(tmp_path: Path):
     assert {"web", "worker", "flower"} <= set(flower["one_request"]["cpu_ms_per_prediction"])
     assert "flower" not in no_flower["one_request"]["cpu_ms_per_prediction"]
     assert flower["worker_rss_mb"] > 0 and flower["web_rss_mb"] > 0 and flower["worker_ready_s"] > 0
+
+
+def test_the_contract_summary_sets_each_kind_against_plain_uploads_and_their_spread():
+    rates = {"plain_1": 400, "keyed_1": 410, "webhook_1": 380, "plain_2": 440, "keyed_2": 430, "webhook_2": 400}
+    results = {name: {"images_per_s": rate} for name, rate in rates.items()} | {"webhooks_received": 9}
+
+    rows = contract_summary(results)
+
+    assert rows[2:5] == ["| plain | 2 | 420 | 400 | 440 | +0.0% |", "| keyed | 2 | 420 | 410 | 430 | +0.0% |",
+                         "| webhook | 2 | 390 | 380 | 400 | -7.1% |"]
+    assert rows[-1] == "\nnoise: plain uploads' own rounds span 9.5% of their mean"

@@ -30,6 +30,7 @@ from shared import deliveries, predictions, preprocessing
 from shared.config import Settings
 from shared.schema import WebhookDelivery, utcnow
 from tests.helpers import eventually, png_bytes
+from worker import webhooks
 from worker.leases import Leases
 from worker.model import load_predictor
 from worker.pipeline import Pipeline
@@ -273,6 +274,46 @@ def test_a_target_refused_at_send_time_is_a_failed_attempt(engine, hook_settings
     row = delivery(engine, task_id)
     assert (row.attempts, row.last_status, receiver.requests) == (1, None, [])
     assert "WEBHOOK_ALLOWED_HOSTS" in (row.last_error or "")
+
+
+@pytest.mark.parametrize(("check_seconds", "checks"), [(60.0, 1), (0.0, 3)])
+def test_a_target_is_checked_again_once_its_check_is_older_than_check_seconds(
+        engine, hook_settings, receiver, deliverers, monkeypatch, check_seconds, checks):
+    made: list[str] = []
+    check_target = webhooks.check_target
+
+    def counted_check(url: str, allowed: frozenset[str]) -> Any:
+        made.append(url)
+        return check_target(url, allowed)
+
+    monkeypatch.setattr(webhooks, "check_target", counted_check)
+    monkeypatch.setattr(webhooks, "CHECK_SECONDS", check_seconds)
+    task_ids = [completed_upload(engine, receiver.url) for _ in range(3)]
+    deliverers(hook_settings.model_copy(update={"webhook_senders": 1}))
+
+    assert eventually(lambda: all(hook_state(engine, t, "DELIVERED")() for t in task_ids))
+    assert made == [receiver.url] * checks
+
+
+def test_attempts_whose_record_failed_give_their_room_back_and_are_sent_again_after_their_hold(
+        engine, hook_settings, receiver, deliverers, monkeypatch):
+    record_many = deliveries.record_many
+    failures = [RuntimeError("MySQL went away")]
+
+    def failing_once(conn: Any, outcomes: Any) -> list[bool]:
+        if failures:
+            raise failures.pop()
+        return record_many(conn, outcomes)
+
+    monkeypatch.setattr(deliveries, "record_many", failing_once)
+    task_id = completed_upload(engine, receiver.url)
+    deliverer = deliverers(hook_settings, lease_seconds=2.0, timeout=1.0, poll_seconds=0.1)
+
+    assert eventually(hook_state(engine, task_id, "DELIVERED"))
+    assert deliverer.wait_idle(5) and not failures
+    first, again = receiver.to("/hook")  # sent, not recorded; sent again once the hold ran out
+    assert first.headers["webhook-id"] == again.headers["webhook-id"]
+    assert again.at - first.at >= 1.5
 
 
 def test_a_receiver_that_never_answers_times_out_as_a_failed_attempt(engine, hook_settings, receiver, deliverers):
