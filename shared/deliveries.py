@@ -75,6 +75,11 @@ class Hold:
     held: list[Due] = field(default_factory=list)
 
 
+# Built once (each batch with a webhook runs one): a repeat of an event is a no-op.
+_SCHEDULE_MYSQL = mysql_insert(TABLE).on_duplicate_key_update(id=COLUMNS.id)
+_SCHEDULE_SQLITE = sqlite_insert(TABLE).on_conflict_do_nothing()
+
+
 def schedule(conn: Connection, events: Iterable[Event], hold: Hold | None = None) -> None:
     """Record events to deliver, due now; in the caller's transaction, so a committed state has its deliveries.
 
@@ -93,11 +98,7 @@ def schedule(conn: Connection, events: Iterable[Event], hold: Hold | None = None
     rows = [{"task_id": d.task_id, "event": d.event, "url": d.url, "payload": d.payload, "state": PENDING,
              "attempts": 0, "next_attempt_at": now, "created_at": now, "lease_token": token if i < room else None,
              "lease_expires_at": expires if i < room else None} for i, d in enumerate(dues)]
-    if conn.dialect.name in ("mysql", "mariadb"):
-        statement: Any = mysql_insert(TABLE).on_duplicate_key_update(id=COLUMNS.id)  # no-op on a repeat
-    else:
-        statement = sqlite_insert(TABLE).on_conflict_do_nothing()
-    conn.execute(statement, rows)
+    conn.execute(_SCHEDULE_MYSQL if conn.dialect.name in ("mysql", "mariadb") else _SCHEDULE_SQLITE, rows)
     if hold is not None:
         hold.held += [replace(d, token=hold.token) for d in dues[:room]]  # sent once the caller commits
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 5.0
 GATHER_SECONDS = 0.02  # after a wake-up, how long the poller lets more events gather before it takes them
+RECORD_GATHER_SECONDS = 0.02  # how long a recording sender lets other outcomes gather before it records them
 MAX_ANSWER_BYTES = 65536
 CHECK_SECONDS = 1.0  # how long a checked target (its resolved address) is used before it is checked again
 MAX_CHECKED = 10_000
@@ -157,9 +158,9 @@ class Deliverer:
     def _record(self, outcomes: list[deliveries.Outcome]) -> None:
         """Record outcomes together with those other senders finished meanwhile, and give back their room.
 
-        Group commit: the sender that finds nobody recording records everything pending, in one transaction,
-        until nothing is left; the others leave theirs to it. Under load batches are small (two or three
-        uploads), and a transaction per batch cost more than the sends.
+        Group commit: the sender that finds nobody recording lets outcomes gather for RECORD_GATHER_SECONDS, then
+        records everything pending in one transaction, until nothing is left; the others leave theirs to it.
+        Under load batches are small (two or three uploads), and a transaction per batch cost more than the sends.
         """
         with self._pending_lock:
             self._pending += outcomes
@@ -167,6 +168,7 @@ class Deliverer:
                 return
             self._recording = True
         try:
+            self._stop.wait(RECORD_GATHER_SECONDS)  # let the other senders' next outcomes join this transaction
             while batch := self._take_pending():
                 try:
                     with self._engine.begin() as conn:
