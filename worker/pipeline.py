@@ -137,29 +137,34 @@ class Pipeline:
         with self.leases.holding(claim):
             try:
                 results = self._predict(claim)
-                docs = self._finish(claim, results)
+                docs, hold = self._finish(claim, results)
             except INFRASTRUCTURE_ERRORS:
                 self._release(claim)
                 raise
-        self.publish(docs.values())
+        try:
+            self.publish(docs.values())  # the answers first: waking a sender before them delayed them
+        finally:
+            self._send_webhooks(claim, hold)
         return docs
 
-    def _finish(self, claim: Claim, results: dict[str, dict[str, Any]]) -> Docs:
-        """Store the results; their `completed` webhooks go to this process's sender, held as they are scheduled."""
+    def _finish(self, claim: Claim, results: dict[str, dict[str, Any]]) -> tuple[Docs, Hold | None]:
+        """Store the results; their `completed` webhooks are held for this process's sender as they are scheduled."""
         outbox = self.webhooks
         hold = outbox.reserve(len(claim.hooks)) if claim.hooks and outbox is not None else None
         try:
             with self.engine.begin() as conn:
-                docs = predictions.finish(conn, claim, results, hold)
+                return predictions.finish(conn, claim, results, hold), hold
         except BaseException:
             if outbox is not None and hold is not None:
                 outbox.hand(hold, committed=False)
             raise
-        if outbox is not None and hold is not None:
-            outbox.hand(hold)
+
+    def _send_webhooks(self, claim: Claim, hold: Hold | None) -> None:
+        """Hand this process's sender what the batch's transaction held for it; wake it for anything else."""
+        if self.webhooks is not None and hold is not None:
+            self.webhooks.hand(hold)
         if claim.hooks and (hold is None or hold.room < len(claim.hooks)):
             self._webhooks_scheduled()  # some events nobody holds (unless finish was fenced): a take sends them
-        return docs
 
     def _webhooks_scheduled(self) -> None:
         """Wake this process's webhook sender (its poll would find the deliveries within a second anyway)."""
