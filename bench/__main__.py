@@ -44,7 +44,7 @@ from bench.stack import (
     stop_stack,
     wait_for_workers,
 )
-from scripts.run_local import Stack, free_port, wait_for_port
+from scripts.run_local import Stack, free_port, kill_leftovers, wait_for_port
 from shared.config import BenchSettings, Settings, child_environment
 from shared.logs import configure_logging
 
@@ -191,10 +191,48 @@ def bench_seed(args: argparse.Namespace, bench: BenchSettings, samples: list[Sam
                                     str(model), "--database-url", bench.database_url], child_environment())
         wait_for_port(port, seed, timeout=60)
         tally, seconds = asyncio.run(run("127.0.0.1", port, samples, clients=args.clients, seconds=args.seconds,
-                                         warmup=args.warmup, seed_design=True))
+                                         warmup=args.warmup, sync_answer="digit"))
         return summary(tally, seconds)
     finally:
         stack.stop()
+
+
+def bench_peer(args: argparse.Namespace, bench: BenchSettings, samples: list[Sample]) -> dict[str, Any]:
+    """The BentoML peer the team provides (its run.sh, two services, sync /predict), same images and load."""
+    run_sh = bench.peer_dir / "run.sh"
+    if not run_sh.is_file():
+        raise SystemExit(f"--peer: no {run_sh} (the team's peer lives in ../shared/peers/bentoml)")
+    port = free_port()
+    stack = Stack()
+    model = Settings(redis_url=bench.redis_url, database_url=bench.database_url).model_path  # type: ignore[call-arg]
+    peer: subprocess.Popen[bytes] | None = None
+    try:
+        # Its first start builds its own virtual environment (BentoML, TensorFlow): minutes, hence the timeout.
+        peer = stack.start("peer", ["bash", str(run_sh), str(port)], child_environment(MODEL=str(model)))
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", peer, timeout=args.peer_timeout)
+        tally, seconds = asyncio.run(run("127.0.0.1", port, samples, clients=args.clients, seconds=args.seconds,
+                                         warmup=args.warmup, sync_answer="prediction"))
+        return summary(tally, seconds)
+    finally:
+        stack.stop()
+        if peer is not None:
+            kill_leftovers(peer)  # BentoML's own worker processes, should any outlive it
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Return once GET url answers 200; fail if the process dies first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the peer exited ({proc.returncode}) before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while it loads
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the peer was not ready at {url} after {timeout:.0f} s")
 
 
 ROWS = (
@@ -203,6 +241,7 @@ ROWS = (
     ("pipeline, photo-style uploads, one request", ("flower", "photos"), "photos"),
     ("pipeline, batch path (16 files per request)", ("flower", "batch"), "mnist"),
     ("pipeline, single uploads, one request, no Flower", ("no_flower", "one_request"), "mnist"),
+    ("BentoML peer, two services, sync /predict", ("peer", "mnist"), "mnist"),
     ("seed design, MNIST PNGs (baseline)", ("seed", "mnist"), None),
     ("seed design, photo-style uploads (baseline)", ("seed", "photos"), None),
 )
@@ -220,6 +259,10 @@ def table(results: dict[str, Any]) -> str:
         ratio = f"{r['images_per_s'] / seed:.1f}x" if seed else ""
         rows.append(f"| {name} | {r['images_per_s']:.0f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                     f"{r['errors'] + r['failures']} | {r.get('fallbacks_202', 0)} | {r['accuracy']:.4f} |")
+    peer = results.get("peer", {}).get("mnist", {}).get("images_per_s")
+    ours = results.get("flower", {}).get("one_request", {}).get("images_per_s")
+    if peer and ours:
+        rows.append(f"\npipeline one request against the BentoML peer, same run: {ours / peer:.2f}x")
     return "\n".join(rows)
 
 
@@ -286,6 +329,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-seed", action="store_true", help="leave out the seed design's baseline")
     parser.add_argument("--skip-no-flower", action="store_true", help="leave out the run without Flower")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--peer", action="store_true",
+                        help="also the BentoML peer (../shared/peers/bentoml), after the pipeline's runs")
+    parser.add_argument("--peer-timeout", type=float, default=900.0,
+                        help="seconds for the peer to be ready (its first start builds its environment)")
     parser.add_argument("--contract", action="store_true",
                         help="only the contract's costs: plain, keyed and webhook uploads, alternated --rounds times")
     parser.add_argument("--rounds", type=int, default=4, help="with --contract: how many times each kind runs")
@@ -311,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     results["flower"] = bench_stack(args, bench, True, WITH_FLOWER, samples)
     if not args.skip_no_flower:
         results["no_flower"] = bench_stack(args, bench, False, WITHOUT_FLOWER, samples)
+    if args.peer:
+        results["peer"] = {"mnist": bench_peer(args, bench, samples[False])}
     if not args.skip_seed:
         results["seed"] = {"mnist": bench_seed(args, bench, samples[False]),
                            "photos": bench_seed(args, bench, samples[True])}

@@ -167,8 +167,9 @@ async def _pipeline_client(conn: Connection, samples: Sequence[Sample], start: i
                 tally.failures += 1
 
 
-async def _seed_client(conn: Connection, samples: Sequence[Sample], start: int, warm_until: float, end: float,
-                       tally: Tally) -> None:
+async def _sync_client(conn: Connection, samples: Sequence[Sample], start: int, warm_until: float, end: float,
+                       tally: Tally, answer_key: str) -> None:
+    """A client of a synchronous /predict (the seed's, or the peer's) that answers the digit under answer_key."""
     i = start
     while (now := time.perf_counter()) < end:
         sample = samples[i % len(samples)]
@@ -188,19 +189,23 @@ async def _seed_client(conn: Connection, samples: Sequence[Sample], start: int, 
             continue
         tally.latencies.append(time.perf_counter() - t0)
         tally.images += 1
-        tally.correct += json.loads(raw)["digit"] == sample.label
+        tally.correct += json.loads(raw)[answer_key] == sample.label
 
 
 async def run(host: str, port: int, samples: Sequence[Sample], *, clients: int, seconds: float, warmup: float,
-              per_request: int = 1, seed_design: bool = False, one_request: bool = False,
+              per_request: int = 1, sync_answer: str | None = None, one_request: bool = False,
               contract: Contract | None = None) -> tuple[Tally, float]:
-    """Run `clients` closed-loop clients for warm-up + `seconds`; the tally and the measured duration."""
+    """Run `clients` closed-loop clients for warm-up + `seconds`; the tally and the measured duration.
+
+    With `sync_answer`, the service answers each upload in its one request with the digit under that key (the
+    seed's design: "digit"; the BentoML peer: "prediction"); otherwise it is this project's API.
+    """
     tally = Tally()
     conns = [Connection(host, port) for _ in range(clients)]
     start = time.perf_counter()
     warm_until, end = start + warmup, start + warmup + seconds
-    if seed_design:
-        jobs = [_seed_client(c, samples, n * 101, warm_until, end, tally) for n, c in enumerate(conns)]
+    if sync_answer is not None:
+        jobs = [_sync_client(c, samples, n * 101, warm_until, end, tally, sync_answer) for n, c in enumerate(conns)]
     else:
         jobs = [_pipeline_client(c, samples, n * 101, per_request, warm_until, end, tally, one_request,
                                  contract or Contract()) for n, c in enumerate(conns)]

@@ -157,6 +157,8 @@ class BenchSettings(BaseSettings):
     database_url: str = Field("mysql+pymysql://root@127.0.0.1:3306/digits_bench",
                               description="Database for the benchmark (dropped and re-created)")
     mnist_dir: Path = Field(REPO_ROOT.parent / "shared" / "data" / "mnist", description="MNIST IDX files")
+    peer_dir: Path = Field(REPO_ROOT.parent / "shared" / "peers" / "bentoml",
+                           description="The BentoML peer `make bench BENCH_ARGS=--peer` measures against")
 
 
 @lru_cache(maxsize=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import contract_summary, main
+from bench.__main__ import contract_summary, main, table
 from bench.load import multipart
 
 pytestmark = pytest.mark.e2e
@@ -51,3 +51,15 @@ def test_the_contract_summary_sets_each_kind_against_plain_uploads_and_their_spr
                          "| keyed | 2 | 420 | 420 | 410 | 430 | +0.0% | +0.0% |",
                          "| webhook | 2 | 390 | 390 | 380 | 400 | -7.1% | -7.1% |"]
     assert rows[-1] == "\nnoise: plain uploads' own rounds span 9.5% of their mean"
+
+
+def test_the_table_sets_the_peer_beside_the_pipeline_in_the_same_run():
+    one = {"images_per_s": 400.0, "p50_ms": 38, "p99_ms": 60, "errors": 0, "failures": 0, "accuracy": 0.985}
+    results = {"flower": {"one_request": one},
+               "peer": {"mnist": one | {"images_per_s": 500.0, "accuracy": 0.93}},
+               "seed": {"mnist": one | {"images_per_s": 20.0}}}
+
+    text = table(results)
+
+    assert "| BentoML peer, two services, sync /predict | 500 | 25.0x |" in text
+    assert text.endswith("pipeline one request against the BentoML peer, same run: 0.80x")
