@@ -71,7 +71,8 @@ class Deliverer:
         self._timeout = timeout
         self.wake = threading.Event()  # set: deliveries may be due now
         self._stop = threading.Event()
-        # A take is split among the senders; each sends its share, then records it in one transaction.
+        # Shares of deliveries to send (a take split among the senders, or a batch's hold); outcomes are group
+        # committed (_record).
         self._work: queue.SimpleQueue[list[Due] | None] = queue.SimpleQueue()
         self._busy = 0  # deliveries held by this process: handed to a sender and not yet recorded
         self._idle = threading.Condition()
