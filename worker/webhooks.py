@@ -69,7 +69,7 @@ class Deliverer:
         self._lease_seconds = lease_seconds
         self._poll_seconds = poll_seconds
         self._timeout = timeout
-        self.wake = threading.Event()  # set: deliveries may be due now
+        self._wake = threading.Event()  # set: deliveries may be due now
         self._stop = threading.Event()
         # Shares of deliveries to send (a take split among the senders, or a batch's hold); outcomes are group
         # committed (_record).
@@ -99,7 +99,7 @@ class Deliverer:
     def stop(self, timeout: float = SEND_TIMEOUT_SECONDS + 2) -> None:
         """Take nothing more, and give attempts in flight up to `timeout` seconds to be recorded."""
         self._stop.set()
-        self.wake.set()
+        self._wake.set()
         for _ in range(self._senders):
             self._work.put(None)
         deadline = time.monotonic() + timeout
@@ -143,7 +143,7 @@ class Deliverer:
 
     def scheduled(self) -> None:
         """Events were scheduled that nobody holds: take them now rather than at the next poll."""
-        self.wake.set()
+        self._wake.set()
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every delivery this process took has been recorded within the timeout."""
@@ -255,14 +255,14 @@ class Deliverer:
     def _run(self) -> None:
         """The poller: take due deliveries when woken, or every POLL_SECONDS."""
         while not self._stop.is_set():
-            self.wake.clear()  # before the take: a wake during it makes the wait below return at once
+            self._wake.clear()  # before the take: a wake during it makes the wait below return at once
             try:
                 self.poll_once()
             except Exception as exc:  # the database away: try again later, never let the loop die
                 log.warning("could not take due webhooks: %s", exc)
                 self._stop.wait(self._poll_seconds)
                 continue
-            if self.wake.wait(self._next_wait()):
+            if self._wake.wait(self._next_wait()):
                 # Woken by a batch: let the next few batches' events join this take (one take, one record).
                 self._stop.wait(GATHER_SECONDS)
 
@@ -272,7 +272,7 @@ class Deliverer:
             return  # a regular poll takes it in time
         with self._idle:
             heapq.heappush(self._retries, time.monotonic() + seconds)
-        self.wake.set()  # the poller may be in a longer wait: it looks again and waits for this one
+        self._wake.set()  # the poller may be in a longer wait: it looks again and waits for this one
 
     def _next_wait(self) -> float:
         """Seconds until the next poll: POLL_SECONDS, or less if a retry of this process falls due sooner."""
@@ -317,7 +317,7 @@ class Deliverer:
             self._busy -= count
             self._idle.notify_all()
         if was_full:  # the poller could take nothing while every sender was busy: more may be due
-            self.wake.set()
+            self._wake.set()
 
 
 def make_deliverer(settings: Settings) -> Deliverer | None:
