@@ -58,7 +58,7 @@ run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a wo
 test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and Redis, see README)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# One lock per installable set: make run/test (local, dev), the images (web = web + flower, worker, gpu).
+# One lock per installable set: make run/test (local, dev), the images (web = web + flower, worker, training, gpu).
 UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
 
@@ -67,6 +67,7 @@ lock: $(VENV)/.installed-dev  ## re-compile requirements/locks/*.txt (hashes) af
 	$(UV_COMPILE) requirements/local.txt -o $(LOCKS)/local.txt
 	$(UV_COMPILE) requirements/web.txt requirements/flower.txt -o $(LOCKS)/web.txt
 	$(UV_COMPILE) requirements/worker.txt -o $(LOCKS)/worker.txt
+	$(UV_COMPILE) requirements/training.txt -o $(LOCKS)/training.txt
 	$(UV_COMPILE) requirements/gpu.txt -o $(LOCKS)/gpu.txt
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy

@@ -45,11 +45,17 @@ class Settings(BaseSettings):
     # page and clients need, and it bounds Redis' memory to about rate x TTL x 0.5 KB.
     result_ttl_seconds: int = Field(300, description="How long Redis caches a final status document, in seconds")
     worker_inference: str = Field(
-        "auto", description="Model engine: auto (numpy on a CPU for models it runs well, like the seed CNN; else "
-                            "TensorFlow), numpy, or tensorflow (GPU workers)")
+        "auto", description="Model engine: auto (ONNX Runtime on a CPU, TensorFlow where a GPU is), onnx, or "
+                            "tensorflow (GPU workers)")
     worker_tf_threads: int = Field(
-        0, description="Threads of a worker process's model call: TensorFlow's intra-op pool (0 = all cores), or "
-                       "numpy's BLAS (0 = one)")
+        0, description="Threads of a worker process's model call: ONNX Runtime's (0 = one), or TensorFlow's intra-op "
+                       "pool (0 = all cores)")
+    model_reload_seconds: float = Field(
+        10.0, description="How often a worker looks for a new model at MODEL_PATH and swaps to it between batches; "
+                          "0 = never (a new model then needs a restart)")
+    model_cache_dir: Path | None = Field(
+        None, description="Where a worker writes the ONNX form of a .h5 that came without one (by the .h5's hash); "
+                          "empty = beside the model")
     worker_pool: str = Field("threads", description="Celery pool: threads (micro-batched) or prefork")
     worker_concurrency: int = Field(32, description="Task threads per worker process (uploads in flight)")
     worker_prefetch_multiplier: int = Field(4, description="Messages reserved per task thread")

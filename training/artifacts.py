@@ -1,23 +1,21 @@
-"""What training leaves for the workers: the .h5 model and its .json metadata, each written atomically."""
+"""What training leaves for the workers: the .h5 model, its ONNX form and its .json metadata, written atomically."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import platform
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.model_files import atomic_path, onnx_beside, sha256_of
 from training import captures
 from training.architectures import ARCHITECTURES, AUGMENTATION
 from training.fit import VALIDATION_SEED, TrainResult
 from training.mnist_data import Mnist
+from training.onnx_export import export_onnx
 
 
 class _DropHdf5LegacyWarning(logging.Filter):
@@ -27,40 +25,31 @@ class _DropHdf5LegacyWarning(logging.Filter):
         return not record.getMessage().startswith("You are saving your model as an HDF5 file")
 
 
-@contextlib.contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success move it over ``target`` in one step."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is an atomic rename: readers see the old file or the new one.
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users' workers must be able to read it
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_model(model: Any, output: Path, metadata: Callable[[str], dict[str, Any]]) -> str:
+    """Publish ``model`` at ``output`` (.h5) with its ONNX form and .json beside it; return its model_version.
 
-
-def save_model(model: Any, output: Path) -> str:
-    """Save ``model`` atomically as HDF5 at ``output``; return its model_version (16 hex of the file's SHA-256)."""
+    The .h5 is moved into place last: whoever sees a new .h5 finds the ONNX form and metadata made from it
+    already there, and each records the .h5's SHA-256, so a worker can tell a set still being written.
+    """
     absl_logger = logging.getLogger("absl")
     legacy_filter = _DropHdf5LegacyWarning()
-    with _atomic_path(output) as tmp:
+    with atomic_path(output) as tmp:
         absl_logger.addFilter(legacy_filter)
         try:
             model.save(tmp)  # .h5 suffix selects the legacy HDF5 format the workers load
         finally:
             absl_logger.removeFilter(legacy_filter)
         # Hash the bytes we are about to publish, so the version always matches the file.
-        version = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
+        digest = sha256_of(tmp)
+        version = digest[:16]
+        export_onnx(tmp, onnx_beside(output), digest)
+        write_metadata(output.with_suffix(".json"), {**metadata(version), "sha256": digest})
     return version
 
 
 def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     """Write ``metadata`` as JSON at ``path`` atomically."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
@@ -96,7 +85,7 @@ def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: 
     # What training saw besides MNIST's digits: the degraded copies, and the architecture's own augmentation.
     metadata["augmentation"] = [step for step in (captures.RECIPE if result.captures else None,
                                                   AUGMENTATION[result.architecture]) if step]
+    metadata["parameters"] = int(result.model.count_params())
     if result.architecture != "seed":
         metadata["batch_size"] = result.batch_size
-        metadata["parameters"] = int(result.model.count_params())
     return metadata

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.config import quiet_tensorflow_logs
 from training.architectures import ARCHITECTURES, DEFAULT_MIN_ACCURACY
-from training.artifacts import build_metadata, save_model, write_metadata
+from training.artifacts import build_metadata, save_model
 from training.fit import train
 from training.mnist_data import MnistDataError, load_mnist
 
@@ -93,10 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                   result.test_accuracy, args.min_accuracy)
         return 1
 
-    model_version = save_model(result.model, output)
-    metadata_path = output.with_suffix(".json")
-    write_metadata(metadata_path, build_metadata(result, mnist, model_version, args.seed))
-    log.info("saved %s (model_version %s) and %s", output, model_version, metadata_path)
+    model_version = save_model(result.model, output, lambda version: build_metadata(result, mnist, version, args.seed))
+    log.info("saved %s (model_version %s) with its ONNX form and metadata beside it", output, model_version)
     return 0
 
 

@@ -57,6 +57,7 @@ def _log_format(logger: logging.Logger, loglevel: int | str | None = None, **_: 
 
 _presence: list[Any] = []  # this process's Presence, once warmed up
 _deliverers: list[Any] = []  # this process's webhook Deliverer, once warmed up (none without WEBHOOK_SECRET)
+_watchers: list[Any] = []  # this process's ModelWatcher, once warmed up
 
 
 def _warm_up(serve_metrics: bool) -> None:
@@ -85,10 +86,26 @@ def _warm_up(serve_metrics: bool) -> None:
                         runtime.predictor.device)
     presence.start()
     _presence.append(presence)
+    _watch_model(runtime, presence)
     # Webhooks on threads of their own, started here (after any fork): a slow receiver never holds a batch.
     if runtime.deliverer is not None:
         runtime.deliverer.start()
         _deliverers.append(runtime.deliverer)
+
+
+def _watch_model(runtime: Any, presence: Any) -> None:
+    """Swap in a new model at MODEL_PATH between batches (worker/rollout.py), and say so where operators look."""
+    from worker.rollout import ModelWatcher
+    from worker.runtime import load_model
+
+    def swap(predictor: Any) -> None:
+        runtime.swap_model(predictor)
+        presence.serving(predictor.version, predictor.device)
+
+    watcher = ModelWatcher(settings.model_path, settings.model_reload_seconds, lambda: load_model(settings), swap,
+                           runtime.model_stamp)
+    watcher.start()
+    _watchers.append(watcher)
 
 
 def _enqueue(task_ids: Sequence[str]) -> None:
@@ -115,6 +132,8 @@ def _load_in_worker(sender: Any, **_: Any) -> None:
 def _withdraw(**_: Any) -> None:
     """A clean stop: the page stops counting this process at once instead of after the TTL; webhook attempts in
     flight are recorded (briefly waited for) rather than sent again after their hold runs out."""
+    while _watchers:
+        _watchers.pop().stop()
     while _presence:
         _presence.pop().stop()
     while _deliverers:

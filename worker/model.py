@@ -1,14 +1,16 @@
 """The digit model, loaded once per worker process and called through one batched function.
 
-On a CPU the seed CNN runs on numpy (worker/numpy_model.py): no TensorFlow in the worker at all, which is
-most of its memory and start time. TensorFlow runs what numpy cannot run well: a GPU, larger models.
+On a CPU every model runs on ONNX Runtime, from the ONNX form training derives from the .h5 (shared/model_files.py):
+no TensorFlow in the worker, which was most of its memory and start time. TensorFlow runs the .h5 on a GPU.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,67 +20,78 @@ import numpy as np
 
 from shared.config import quiet_tensorflow_logs
 from shared.deskew import deskew
+from shared.model_files import onnx_beside, recorded_source, sha256_of
 from worker.metrics import INFERENCE
-from worker.numpy_model import NumpyModel, Unsupported
 
 log = logging.getLogger(__name__)
 
 INPUT_SHAPE = (28, 28)
 GPU_DEVICE = Path("/dev/nvidiactl")  # present where NVIDIA's driver is: the host may have a GPU for TensorFlow
+CONVERT_TIMEOUT_SECONDS = 300
+
+
+class ModelUnavailable(RuntimeError):
+    """The model's files cannot be served as they are: no ONNX form matches the .h5, or its metadata does not."""
 
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What the metadata beside a model says about it that serving needs: its version and its input normalisation."""
+    """What the files beside a model say about it that serving needs: its hash, version and input normalisation."""
 
     version: str
+    sha256: str  # of the .h5: the ONNX form served must record the same
     deskew: bool = False  # trained on deskewed digits (shared/deskew.py): it must be served them too
     name: str = "unnamed"  # its architecture (metadata "architecture"), shown with each answer
 
     @classmethod
     def of(cls, model_path: Path) -> ModelCard:
-        """The card from the model's .json; without one (or unreadable), a hash of the file and MNIST's plain input."""
+        """The card from the model's .json; without one (or unreadable), a hash of the file and MNIST's plain input.
+
+        ModelUnavailable if the .json names another .h5 (a rollout is replacing the files): try again.
+        """
+        digest = sha256_of(model_path)
         meta = model_path.with_suffix(".json")
         try:
             data = json.loads(meta.read_text()) if meta.exists() else {}
         except (OSError, ValueError):
             log.warning("unreadable model metadata %s; hashing the model file instead", meta)
             data = {}
-        version = str(data.get("model_version") or hashlib.sha256(model_path.read_bytes()).hexdigest()[:16])
-        return cls(version, bool(data.get("deskew", False)), str(data.get("architecture") or "unnamed"))
+        if data.get("sha256") not in (None, digest):
+            raise ModelUnavailable(f"{meta} describes another model than {model_path} (being replaced?)")
+        version = str(data.get("model_version") or digest[:16])
+        return cls(version, digest, bool(data.get("deskew", False)), str(data.get("architecture") or "unnamed"))
 
 
-# Multiply-adds per image up to which numpy's matrix products keep up with TensorFlow on a CPU (the seed CNN:
-# 0.25 M, 4 ms per batch of 128 on one core); the strong CNN (about 12 M) is several times faster in TensorFlow.
-NUMPY_MAX_MACS = 2_000_000
-ENGINES = ("auto", "numpy", "tensorflow")
+ENGINES = ("auto", "onnx", "tensorflow")
+# How long a worker waits for a rollout that is replacing the model's files to finish before it gives up.
+REPLACING_WAIT_SECONDS = 10.0
+Converter = Callable[[Path, Path], None]  # (the .h5, where to write its ONNX form)
 
 
 @dataclass
 class Predictor:
-    """A loaded model behind one batched call (numpy, or a traced TensorFlow function): no `model.predict`."""
+    """A loaded model behind one batched call (an ONNX Runtime session, or a traced TensorFlow function)."""
 
     version: str
     device: str
     engine: str
-    params: int
     _fn: Callable[[np.ndarray], Any]
     deskew: bool = False  # the model's input normalisation (ModelCard): applied to every batch before the call
     name: str = "unnamed"  # the model's architecture (ModelCard)
 
     @classmethod
-    def load(cls, model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
-        """Load the .h5 with the engine asked for (auto: numpy when it runs the model well on this CPU), and
-        call it once so the first upload does not pay for the warm-up."""
+    def load(cls, model_path: Path, engine: str = "auto", threads: int = 0, cache_dir: Path | None = None,
+             convert: Converter | None = None) -> Predictor:
+        """Load the model with the engine asked for (auto: ONNX Runtime on a CPU, TensorFlow where a GPU is),
+        and call it once so the first upload does not pay for the warm-up."""
         if engine not in ENGINES:
             raise ValueError(f"unknown inference engine {engine!r}; expected one of {ENGINES}")
-        card = ModelCard.of(model_path)
-        model = None if engine == "tensorflow" else _numpy_model(model_path, engine)
-        if model is not None:
-            predictor = cls(card.version, "/CPU:0", "numpy", model.params, model, card.deskew, card.name)
-            _limit_blas_threads(threads)
-        else:
+        card = _card_when_settled(model_path)
+        if engine == "tensorflow" or (engine == "auto" and GPU_DEVICE.exists()):
             predictor = _tensorflow_predictor(model_path, card, threads)
+        else:
+            onnx = find_onnx(model_path, card.sha256, cache_dir or model_path.parent, convert or convert_in_subprocess)
+            predictor = cls(card.version, "/CPU:0", "onnx", _onnx_session(onnx, threads), card.deskew, card.name)
         predictor.predict(np.zeros((1, *INPUT_SHAPE), np.float32))
         return predictor
 
@@ -91,29 +104,75 @@ class Predictor:
             return np.asarray(self._fn(x[..., np.newaxis]))
 
 
-def _numpy_model(model_path: Path, engine: str) -> NumpyModel | None:
-    """The model on the numpy engine, or None where TensorFlow should run it (auto) ; Unsupported if forced."""
-    if engine == "auto" and GPU_DEVICE.exists():
-        return None  # an NVIDIA GPU on this host: TensorFlow's CUDA build uses it
+def _card_when_settled(model_path: Path) -> ModelCard:
+    """The model's card, waiting out a rollout that is replacing its files (they name each other's hash)."""
+    deadline = time.monotonic() + REPLACING_WAIT_SECONDS
+    while True:
+        try:
+            return ModelCard.of(model_path)
+        except ModelUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def find_onnx(model_path: Path, digest: str, cache_dir: Path, convert: Converter) -> bytes:
+    """The bytes of an ONNX form made from exactly this .h5 (beside it, or cached by its hash; else converted)."""
+    cached = cache_dir / f"{digest}.onnx"
+    for candidate in (onnx_beside(model_path), cached):
+        data = candidate.read_bytes() if candidate.exists() else None
+        if data is None:
+            continue
+        source = recorded_source(data)
+        if source == digest:
+            return data
+        log.warning("%s was made from another model (sha256 %s, not %s): not served", candidate, source, digest)
+    log.info("no ONNX form of %s yet: converting it into %s", model_path, cached)
+    convert(model_path, cached)
+    data = cached.read_bytes() if cached.exists() else b""
+    if recorded_source(data) != digest:
+        raise ModelUnavailable(f"converting {model_path} gave no ONNX form that records its hash")
+    return data
+
+
+def convert_in_subprocess(model_path: Path, target: Path) -> None:
+    """Derive the ONNX form of a .h5 in a short-lived process (it needs TensorFlow; the worker never imports it)."""
+    command = [sys.executable, "-m", "training.onnx_export", str(model_path), "--output", str(target)]
     try:
-        model = NumpyModel.load(model_path, (*INPUT_SHAPE, 1))
-    except Unsupported as exc:
-        if engine == "numpy":
-            raise
-        log.info("the numpy engine cannot run %s (%s): using TensorFlow", model_path, exc)
-        return None
-    if engine == "auto" and model.macs_per_image > NUMPY_MAX_MACS:
-        log.info("%s needs %d multiply-adds per image: TensorFlow runs it faster than numpy", model_path,
-                 model.macs_per_image)
-        return None
-    return model
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_SECONDS)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()[-1:]
+        raise ModelUnavailable(
+            f"no ONNX form of {model_path} records its hash, and converting it failed ({' '.join(detail)}): "
+            f"run `python -m training.onnx_export {model_path}` where TensorFlow is installed") from exc
 
 
-def _limit_blas_threads(threads: int) -> None:
-    """numpy's BLAS on one thread unless asked: its batches are small, and the cores serve the rest of the stack."""
-    from threadpoolctl import threadpool_limits
+def _session_options(threads: int) -> Any:
+    import onnxruntime as ort
 
-    threadpool_limits(limits=threads if threads > 0 else 1, user_api="blas")
+    options = ort.SessionOptions()
+    # One thread unless asked: a worker's batches are small, and the cores serve the rest of the stack.
+    options.intra_op_num_threads = threads if threads > 0 else 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle pool threads must not spin: they would take CPU from the web, MySQL and the other batch runner.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _onnx_session(onnx: bytes, threads: int) -> Callable[[np.ndarray], Any]:
+    """ONNX Runtime's CPU session over the model, as one batched call."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx, _session_options(threads), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_names = [session.get_outputs()[0].name]
+
+    def run(x: np.ndarray) -> Any:
+        return session.run(output_names, {input_name: x})[0]
+
+    return run
 
 
 def _tensorflow_predictor(model_path: Path, card: ModelCard, threads: int) -> Predictor:
@@ -141,12 +200,13 @@ def _tensorflow_predictor(model_path: Path, card: ModelCard, threads: int) -> Pr
     def infer(x: Any) -> Any:
         return model(x, training=False)
 
-    return Predictor(card.version, device, "tensorflow", int(model.count_params()), infer, card.deskew, card.name)
+    return Predictor(card.version, device, "tensorflow", infer, card.deskew, card.name)
 
 
-def load_predictor(model_path: Path, engine: str = "auto", threads: int = 0) -> Predictor:
+def load_predictor(model_path: Path, engine: str = "auto", threads: int = 0,
+                   cache_dir: Path | None = None) -> Predictor:
     """Load the model for this process (call once, after any fork)."""
-    predictor = Predictor.load(model_path, engine, threads)
+    predictor = Predictor.load(model_path, engine, threads, cache_dir)
     log.info("model %s %s loaded from %s: %s engine on %s%s", predictor.name, predictor.version, model_path,
              predictor.engine, predictor.device, ", deskewed input" if predictor.deskew else "")
     return predictor

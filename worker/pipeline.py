@@ -183,11 +183,12 @@ class Pipeline:
 
     def _predict(self, claim: Claim) -> dict[str, dict[str, Any]]:
         """The result columns of each claimed upload: a digit, or the reason it could not be read."""
+        model = self.model  # read once: a rollout swaps it between batches, never within one
         t0 = time.perf_counter()
         images, errors = self._preprocess(claim.images)
         preprocess_ms = round((time.perf_counter() - t0) * 1000 / len(claim.images), 3)
-        probabilities, inference_ms = self._infer(images)
-        common = {"preprocess_ms": preprocess_ms, "model_name": self.model.name, "model_version": self.model.version}
+        probabilities, inference_ms = self._infer(model, images)
+        common = {"preprocess_ms": preprocess_ms, "model_name": model.name, "model_version": model.version}
         results = {task_id: {**common, **_success(probs, inference_ms)}
                    for task_id, probs in zip(images, probabilities, strict=True)}
         for task_id, error in errors.items():
@@ -208,12 +209,13 @@ class Pipeline:
                 errors[task_id] = f"could not read this image ({type(exc).__name__})"
         return images, errors
 
-    def _infer(self, images: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    @staticmethod
+    def _infer(model: Model, images: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         """One model call for the whole batch; its probabilities and milliseconds."""
         if not images:
             return np.empty((0, 10), np.float32), 0.0
         t0 = time.perf_counter()
-        probabilities = self.model.predict(np.stack(list(images.values())))
+        probabilities = model.predict(np.stack(list(images.values())))
         return probabilities, round((time.perf_counter() - t0) * 1000, 3)
 
 

@@ -38,6 +38,11 @@ class Presence:
             self._thread = threading.Thread(target=self._run, name="presence", daemon=True)
             self._thread.start()
 
+    def serving(self, model_version: str, device: str) -> None:
+        """Announce a new model at once (a rollout): the page and /system list what each process serves."""
+        self._info = {**self._info, "model_version": model_version, "device": device}
+        self._announce()
+
     def stop(self) -> None:
         """Stop renewing and withdraw the announcement."""
         self._stop.set()

@@ -20,9 +20,10 @@ from shared.db import make_engine
 from shared.statuses import cache_final
 from worker.batcher import MicroBatcher
 from worker.leases import Leases
-from worker.metrics import observe_batch
+from worker.metrics import MODEL, observe_batch
 from worker.model import Predictor, load_predictor
 from worker.pipeline import Pipeline
+from worker.rollout import Stamp
 from worker.webhooks import Deliverer, make_deliverer
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class WorkerRuntime:
     batcher: MicroBatcher | None = None
     # This process's webhook sender, started by the worker's warm-up (None without WEBHOOK_SECRET).
     deliverer: Deliverer | None = None
+    model_stamp: Stamp | None = None  # the model file the serving model was loaded from (worker/rollout.py)
 
     def predict(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Predict and store a batch of uploads by task id; each id's status document."""
@@ -51,6 +53,15 @@ class WorkerRuntime:
         log.info("predicted %d upload(s): %s", len(docs), " ".join(docs),
                  extra={"task_ids": list(docs), "batch_size": len(task_ids)})
         return docs
+
+    def swap_model(self, predictor: Predictor) -> Predictor:
+        """Serve `predictor` from the next batch on (batches in flight keep theirs); the model it replaces."""
+        old, self.predictor = self.predictor, predictor
+        self.pipeline.model = predictor  # one reference assignment: a batch reads it once
+        MODEL.remove(old.version, old.device)
+        MODEL.labels(version=predictor.version, device=predictor.device).set(1)
+        log.info("model %s %s now serves (was %s)", predictor.name, predictor.version, old.version)
+        return old
 
     def predict_one(self, task_id: str) -> dict[str, Any]:
         """Predict one upload together with whatever other tasks of this process are waiting."""
@@ -76,9 +87,16 @@ def get_runtime() -> WorkerRuntime:
         return _runtime
 
 
+def load_model(settings: Settings) -> Predictor:
+    """Load the model at MODEL_PATH as the settings say (at start, and at each rollout)."""
+    return load_predictor(settings.model_path, settings.worker_inference, threads=settings.worker_tf_threads,
+                          cache_dir=settings.model_cache_dir)
+
+
 def _build(settings: Settings) -> WorkerRuntime:
     """Load the model and open the pools; called once per process, after any fork."""
-    predictor = load_predictor(settings.model_path, settings.worker_inference, threads=settings.worker_tf_threads)
+    stamp = Stamp.of(settings.model_path)  # before loading: a file replaced meanwhile is loaded again later
+    predictor = load_model(settings)
     # A connection for each task thread that may run a batch at once, plus the micro-batcher's, the lease
     # thread's and recovery's, kept open: no connect churn.
     engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 3, max_overflow=0)
@@ -94,7 +112,7 @@ def _build(settings: Settings) -> WorkerRuntime:
                         leases=Leases(engine, settings.sweep_after_seconds), max_attempts=settings.max_attempts,
                         publish=publish, webhooks=deliverer)
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,
-                            pipeline=pipeline, deliverer=deliverer)
+                            pipeline=pipeline, deliverer=deliverer, model_stamp=stamp)
     runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
                                    max_wait=settings.batch_max_wait_ms / 1000, runners=settings.batch_runners)
     return runtime

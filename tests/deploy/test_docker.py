@@ -153,6 +153,13 @@ def test_dockerfile_contract(dockerfile: Path) -> None:
     assert code_steps and min(code_steps) > pip_step
 
 
+def test_worker_image_installs_no_tensorflow() -> None:
+    """CPU workers run the ONNX form: TensorFlow is the trainer's (and the GPU image's), not theirs."""
+    for req in requirement_closure(REPO_ROOT / "requirements" / "worker.txt"):
+        for line in req.read_text().splitlines():
+            assert not re.match(r"\s*(tensorflow|keras|h5py)\b", line, re.I), f"{req.name} pulls in {line!r}"
+
+
 def test_web_image_installs_no_tensorflow() -> None:
     copied = copied_requirements(WEB_DOCKERFILE)
     assert [p.relative_to(REPO_ROOT).as_posix() for p in copied] == ["requirements/locks/web.txt"]
@@ -179,7 +186,7 @@ def test_worker_image_requirements_are_a_build_arg() -> None:
     assert ("ARG", "REQUIREMENTS=requirements/locks/worker.txt") in steps
     assert any(word == "RUN" and '--require-hashes -r "${REQUIREMENTS}"' in args for word, args in steps)
     assert {p.relative_to(REPO_ROOT).as_posix() for p in copied_requirements(WORKER_DOCKERFILE)} == {
-        "requirements/locks/worker.txt", "requirements/locks/gpu.txt"}
+        "requirements/locks/worker.txt", "requirements/locks/training.txt", "requirements/locks/gpu.txt"}
     assert '"celery", "-A", "worker.celery_app", "worker"' in steps[-1][1]
     copied = " ".join(args for word, args in steps if word == "COPY")
     for needed in ("shared/", "worker/", "training/"):  # training/: the trainer job runs from this image
@@ -205,9 +212,11 @@ def test_services(services: dict[str, Any]) -> None:
     assert services["worker"]["build"]["args"]["REQUIREMENTS"] == "requirements/locks/worker.txt"
     for name in ("web", "migrate", "flower"):
         assert services[name]["image"] == "digits-web:latest"
-    for name in ("worker", "trainer"):
-        assert services[name]["image"] == "digits-worker:latest"
-    for name in ("migrate", "flower", "trainer"):
+    assert services["worker"]["image"] == "digits-worker:latest"
+    # The trainer's image has TensorFlow and the ONNX exporter; the worker's has neither.
+    assert services["trainer"]["image"] == "digits-trainer:latest"
+    assert services["trainer"]["build"]["args"]["REQUIREMENTS"] == "requirements/locks/training.txt"
+    for name in ("migrate", "flower"):
         assert "build" not in services[name]
     for name in ("web", "worker", "worker-gpu"):
         assert services[name]["build"]["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-python:3.11-slim-bookworm}"

@@ -16,6 +16,7 @@ LOCKS = {
     "local.txt": ["local.txt"],
     "web.txt": ["web.txt", "flower.txt"],
     "worker.txt": ["worker.txt"],
+    "training.txt": ["training.txt"],
     "gpu.txt": ["gpu.txt"],
 }
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==(\S+)")
@@ -60,3 +61,8 @@ def test_every_locked_package_is_pinned_with_hashes(lock: str) -> None:
 
 def test_the_web_image_lock_holds_no_tensorflow() -> None:
     assert not {"tensorflow", "tensorflow-cpu", "keras"} & set(_pins(REQUIREMENTS / "locks" / "web.txt"))
+
+
+def test_the_worker_image_lock_holds_no_tensorflow() -> None:
+    locked = set(_pins(REQUIREMENTS / "locks" / "worker.txt"))
+    assert "onnxruntime" in locked and not {"tensorflow", "tensorflow-cpu", "keras", "h5py"} & locked

@@ -225,7 +225,7 @@ def test_a_cpu_worker_serves_the_seed_model_without_loading_tensorflow(stack, mn
                          files={"file": ("d.png", png_bytes(mnist.x_test[6]))}, timeout=30).json()
 
     assert body["state"] == "SUCCESS" and body["digit"] == int(mnist.y_test[6])
-    assert not _loaded_tensorflow(stack.worker_pid)  # the numpy engine: most of a worker's memory saved
+    assert not _loaded_tensorflow(stack.worker_pid)  # ONNX Runtime: most of a worker's memory saved
 
 
 def test_a_body_over_the_limit_is_refused_from_its_declared_length_before_it_is_sent(stack):

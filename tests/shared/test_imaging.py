@@ -363,7 +363,7 @@ def test_preprocess_gray_takes_arrays():
         preprocessing.preprocess_gray(np.zeros((28, 28, 3), np.float32))
 
 
-def test_web_validation_path_does_not_import_scipy_or_tensorflow():
+def test_web_validation_path_does_not_import_opencv_or_tensorflow():
     probe = (
         "import io, sys\n"
         "from PIL import Image\n"
@@ -371,7 +371,8 @@ def test_web_validation_path_does_not_import_scipy_or_tensorflow():
         "buf = io.BytesIO(); Image.new('L', (64, 64), 200).crop((0, 0, 64, 64)).save(buf, 'PNG')\n"
         "img = Image.new('L', (64, 64), 230); img.paste(20, (20, 10, 30, 50)); buf = io.BytesIO()\n"
         "img.save(buf, 'PNG'); inspect_image(buf.getvalue())\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'scipy', 'tensorflow', 'keras'}))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'cv2', 'scipy', 'tensorflow', 'keras', "
+        "'onnxruntime'}))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

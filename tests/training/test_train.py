@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.model_files import recorded_source
 from training import captures
 from training.cli import main
 from training.fit import VALIDATION_SEED
@@ -25,7 +26,7 @@ METADATA_FIELDS = {
     "validation_loss", "validation_samples", "validation_seed", "deskew", "augmentation", "capture_copies", "epochs",
     "train_samples", "seed",
     "train_seconds", "data_source", "data_sha256", "trained_at", "tensorflow_version", "keras_version",
-    "python_version",
+    "python_version", "parameters", "sha256",
 }
 
 
@@ -58,7 +59,9 @@ def test_model_file_has_the_seed_architecture(trained: Path) -> None:
 def test_metadata_describes_the_saved_file(trained: Path) -> None:
     metadata = json.loads(trained.with_suffix(".json").read_text())
     assert set(metadata) == METADATA_FIELDS
-    assert metadata["model_version"] == hashlib.sha256(trained.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(trained.read_bytes()).hexdigest()
+    assert (metadata["model_version"], metadata["sha256"]) == (digest[:16], digest)
+    assert metadata["parameters"] == 54_410  # Conv32 3x3 (320) + Dense10 over 13x13x32 (54,090)
     assert metadata["architecture"] == "seed-cnn"
     assert 0.80 <= metadata["test_accuracy"] <= 1.0
     assert metadata["epochs"] == 1 and metadata["seed"] == 1
@@ -71,8 +74,9 @@ def test_metadata_describes_the_saved_file(trained: Path) -> None:
     assert 0.80 <= metadata["validation_accuracy"] <= 1.0
     assert metadata["data_sha256"] == EXPECTED_SHA256
     assert datetime.fromisoformat(metadata["trained_at"]).utcoffset().total_seconds() == 0
-    # Atomic writes leave no temporary files behind.
-    assert sorted(p.name for p in trained.parent.iterdir()) == ["m.h5", "m.json"]
+    # The ONNX form the workers run, made from exactly this .h5; atomic writes leave no temporary files behind.
+    assert recorded_source(trained.with_suffix(".onnx").read_bytes()) == digest
+    assert sorted(p.name for p in trained.parent.iterdir()) == ["m.h5", "m.json", "m.onnx"]
 
 
 def test_existing_output_is_skipped_without_force(trained: Path) -> None:

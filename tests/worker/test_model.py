@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shared.deskew import deskew
 from tests.helpers import slanted_stroke
-from worker.model import ModelCard, Predictor
+from worker.model import ModelCard, ModelUnavailable, Predictor
 
 
 def _model_file(tmp_path: Path, metadata: dict | str | None) -> Path:
@@ -21,16 +22,25 @@ def _model_file(tmp_path: Path, metadata: dict | str | None) -> Path:
     return path
 
 
+DIGEST = hashlib.sha256(b"weights").hexdigest()
+
+
 def test_the_card_reads_the_version_and_the_input_normalisation(tmp_path: Path) -> None:
     path = _model_file(tmp_path, {"model_version": "abc123", "deskew": True, "architecture": "seed-cnn"})
-    assert ModelCard.of(path) == ModelCard("abc123", deskew=True, name="seed-cnn")
+    assert ModelCard.of(path) == ModelCard("abc123", DIGEST, deskew=True, name="seed-cnn")
+    path = _model_file(tmp_path, {"model_version": "abc123", "sha256": DIGEST})
+    assert ModelCard.of(path) == ModelCard("abc123", DIGEST)
 
 
 def test_a_model_without_metadata_gets_plain_input_and_a_hash_for_version(tmp_path: Path) -> None:
-    digest = hashlib.sha256(b"weights").hexdigest()[:16]
-    assert ModelCard.of(_model_file(tmp_path, None)) == ModelCard(digest, deskew=False)
-    assert ModelCard.of(_model_file(tmp_path, "{not json")) == ModelCard(digest, deskew=False)
-    assert ModelCard.of(_model_file(tmp_path, {"model_version": "old"})) == ModelCard("old", deskew=False)
+    assert ModelCard.of(_model_file(tmp_path, None)) == ModelCard(DIGEST[:16], DIGEST, deskew=False)
+    assert ModelCard.of(_model_file(tmp_path, "{not json")) == ModelCard(DIGEST[:16], DIGEST, deskew=False)
+    assert ModelCard.of(_model_file(tmp_path, {"model_version": "old"})) == ModelCard("old", DIGEST, deskew=False)
+
+
+def test_metadata_of_another_h5_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable):
+        ModelCard.of(_model_file(tmp_path, {"model_version": "new", "sha256": "f" * 64}))
 
 
 def _recording_predictor(deskewed: bool, seen: list[np.ndarray]) -> Predictor:
@@ -38,7 +48,7 @@ def _recording_predictor(deskewed: bool, seen: list[np.ndarray]) -> Predictor:
         seen.append(x)
         return np.full((len(x), 10), 0.1, np.float32)
 
-    return Predictor("v", "/CPU:0", "numpy", 0, call, deskew=deskewed)
+    return Predictor("v", "/CPU:0", "onnx", call, deskew=deskewed)
 
 
 def test_a_model_trained_on_deskewed_digits_is_served_deskewed_digits() -> None:

@@ -272,3 +272,37 @@ def test_a_held_claim_is_renewed_but_not_forever(db_sessions, monkeypatch):
 
     assert renewed > first + timedelta(seconds=30)
     assert hung == renewed  # a hung batch stops renewing: its lease runs out and recovery takes over
+
+
+class _Held:
+    """A model whose call waits until released: a batch in flight while a rollout swaps the model."""
+
+    def __init__(self, inner, version: str) -> None:
+        self.inner, self.name, self.version = inner, inner.name, version
+        self.called, self.release = threading.Event(), threading.Event()
+
+    def predict(self, batch):
+        self.called.set()
+        assert self.release.wait(30)
+        return self.inner.predict(batch)
+
+
+def test_a_batch_in_flight_when_the_model_is_swapped_finishes_on_its_own_model(db_sessions, predictor, mnist):
+    first, second = "00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000a2"
+    _add(db_sessions, png_bytes(mnist.x_test[0]), first)
+    _add(db_sessions, png_bytes(mnist.x_test[1]), second)
+    old, new = _Held(predictor, "old-version"), _Held(predictor, "new-version")
+    new.release.set()
+    pipeline = _pipeline(db_sessions, old)
+
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(pipeline.run, [first])
+        assert old.called.wait(30)
+        pipeline.model = new  # what WorkerRuntime.swap_model does between the model call and the write
+        old.release.set()
+        assert in_flight.result(timeout=30)[first]["model_version"] == "old-version"
+    assert pipeline.run([second])[second]["model_version"] == "new-version"
+    with db_sessions() as s:
+        stored = dict(s.execute(select(Prediction.task_id, Prediction.model_version)
+                                .where(Prediction.task_id.in_([first, second]))).all())
+    assert stored == {first: "old-version", second: "new-version"}
