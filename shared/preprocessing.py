@@ -50,6 +50,11 @@ _EDGE_BAND = 0.03
 
 # An MNIST-form input: a 2 px frame darker than this around ink brighter than that.
 _FRAME, _FRAME_DARK, _FRAME_INK = 2, 0.05, 0.5
+# A photo is read first on a copy whose long side is at most FAST_SIDE px: most of the cost scales with
+# pixels, and a digit spanning _MIN_FAST_CROP px there is still 2.4x the 20 px it ends at. A smaller digit
+# (a small digit on a large page) is read again at the full working resolution, where thin strokes survive.
+FAST_SIDE = 192
+_MIN_FAST_CROP = 32
 DIGIT_BOX = 20  # MNIST: the digit's long side is fitted to 20 px...
 SIZE = 28  # ...and pasted into 28x28 with its centre of mass at the centre
 # Where MNIST puts the centre of mass (row, col), in pixel-index coordinates: its digits average
@@ -97,7 +102,7 @@ class _Background:
         return np.clip(surface, self.low, self.high)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)
 def _axis(n: int) -> np.ndarray:
     """``n`` points spanning [-1, 1] (read-only: shared by every image of that size)."""
     axis = np.linspace(-1.0, 1.0, n, dtype=np.float32)
@@ -105,15 +110,16 @@ def _axis(n: int) -> np.ndarray:
     return axis
 
 
-@functools.lru_cache(maxsize=64)
-def _design(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The quadratic surface's design matrix (pixels x 6) over a grid of ``shape``, and each row's outer product
-    with itself (pixels x 36); read-only, shared by every image of that size."""
-    yy, xx = np.meshgrid(_axis(shape[0]), _axis(shape[1]), indexing="ij")
-    design = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], axis=-1).reshape(-1, 6)
-    outer = (design[:, :, None] * design[:, None, :]).reshape(-1, 36)
-    design.flags.writeable = outer.flags.writeable = False
-    return design, outer
+@functools.lru_cache(maxsize=256)  # at most 24 KB each: the small copies' shapes are at most 32x32
+def _design(shape: tuple[int, ...]) -> np.ndarray:
+    """The quadratic surface's design matrix (pixels x 6) over a grid of ``shape`` (read-only, shared)."""
+    y, x = _axis(shape[0])[:, None], _axis(shape[1])
+    design = np.empty((*shape, 6), np.float32)
+    design[..., 0], design[..., 1], design[..., 2] = 1.0, x, y
+    design[..., 3], design[..., 4], design[..., 5] = x * x, y * x, y * y
+    design = design.reshape(-1, 6)
+    design.flags.writeable = False
+    return design
 
 
 def _fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> _Background:
@@ -125,7 +131,7 @@ def _fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> _Backgro
     pixels more ink-like than the surface by more than the noise allows), so the surface
     spreads from the border across the sheet even when the digit covers much of it.
     """
-    design, outer = _design(small.shape)
+    design = _design(small.shape)
     sign = np.float32(-1.0 if dark_ink else 1.0)
     inkness = sign * (small.reshape(-1) - np.float32(paper))  # ink positive, paper about 0
     tolerance = max(4.0 * _noise_sigma(small), 0.03)
@@ -134,12 +140,11 @@ def _fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> _Backgro
     for _ in range(_BG_ITERATIONS):
         if np.count_nonzero(keep) < 12:
             break
-        weight = keep.astype(np.float32)
+        weighted = design * keep[:, None]  # the kept pixels' rows, the others zero: no gather of the rows
         kept = inkness[keep]
-        # Normal equations (6x6) over the kept pixels, from each pixel's precomputed outer product: much cheaper
-        # than lstsq's SVD or gathering the kept rows, and well conditioned on [-1, 1].
+        # Normal equations (6x6): much cheaper than lstsq's SVD, and well conditioned on [-1, 1].
         try:
-            coef = np.linalg.solve((weight @ outer).reshape(6, 6), design.T @ (inkness * weight)).astype(np.float32)
+            coef = np.linalg.solve(weighted.T @ design, weighted.T @ inkness).astype(np.float32)
         except np.linalg.LinAlgError:
             break
         fit = np.clip(design @ coef, kept.min(), kept.max())
@@ -175,7 +180,17 @@ def _noise_sigma(ink: np.ndarray) -> float:
     diffs = np.abs(np.diff(sample, axis=1))
     if diffs.size == 0:  # a one-pixel-wide picture has no neighbours to compare: no measurable noise
         return 0.0
-    return float(np.median(diffs)) / (0.6745 * math.sqrt(2.0))
+    return _median(diffs) / (0.6745 * math.sqrt(2.0))
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of finite values, without its NaN checks and wrappers (a few of these per upload)."""
+    flat = values.reshape(-1)
+    half = flat.size // 2
+    if flat.size % 2:
+        return float(np.partition(flat, half)[half])
+    low, high = np.partition(flat, (half - 1, half))[half - 1:half + 1]
+    return (float(low) + float(high)) / 2
 
 
 def _border_pixels(gray: np.ndarray) -> np.ndarray:
@@ -208,7 +223,20 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D grey image, got shape {gray.shape}")
     if is_mnist_form(gray):
         return gray.copy()  # already what the recipe below would make: redoing it only costs time
-    return _fit_and_centre(_digit_crop(_ink_of(gray)))
+    crop = _fast_crop(gray) if max(gray.shape) > FAST_SIDE else None
+    return _fit_and_centre(crop if crop is not None else _digit_crop(_ink_of(gray)))
+
+
+def _fast_crop(gray: np.ndarray) -> np.ndarray | None:
+    """The digit found on a copy reduced to FAST_SIDE, or None where it is too small there (or not found)."""
+    import cv2
+
+    factor = 1.0 / math.ceil(max(gray.shape) / FAST_SIDE)
+    try:
+        crop = _digit_crop(_ink_of(cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)))
+    except ImageRejected:
+        return None  # faint or small ink may still show at the full working resolution
+    return crop if max(crop.shape) >= _MIN_FAST_CROP else None
 
 
 def _ink_of(gray: np.ndarray) -> np.ndarray:
@@ -219,7 +247,7 @@ def _ink_of(gray: np.ndarray) -> np.ndarray:
     k = min(_LEVEL_PIXELS, flat.size // 2)
     ranked = np.partition(flat, (k, flat.size - 1 - k))
     darkest, brightest = float(ranked[k]), float(ranked[flat.size - 1 - k])
-    paper = float(np.median(_border_pixels(gray)))
+    paper = _median(_border_pixels(gray))
     dark_ink = paper - darkest > brightest - paper
     small = _reduce(gray, _BG_SIDE)
     # 2. Background: a smooth surface fitted on the small copy (lighting varies slowly).
