@@ -50,11 +50,6 @@ _EDGE_BAND = 0.03
 
 # An MNIST-form input: a 2 px frame darker than this around ink brighter than that.
 _FRAME, _FRAME_DARK, _FRAME_INK = 2, 0.05, 0.5
-# A photo is read first on a copy whose long side is at most FAST_SIDE px: most of the cost scales with
-# pixels, and a digit spanning _MIN_FAST_CROP px there is still 2.4x the 20 px it ends at. A smaller digit
-# (a small digit on a large page) is read again at the full working resolution, where thin strokes survive.
-FAST_SIDE = 192
-_MIN_FAST_CROP = 32
 DIGIT_BOX = 20  # MNIST: the digit's long side is fitted to 20 px...
 SIZE = 28  # ...and pasted into 28x28 with its centre of mass at the centre
 # Where MNIST puts the centre of mass (row, col), in pixel-index coordinates: its digits average
@@ -81,7 +76,11 @@ def _reduce(arr: np.ndarray, max_side: int) -> np.ndarray:
     h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
     if h == 0 or w == 0:
         return arr
-    return arr[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    import cv2
+
+    # OpenCV's area resampling at a whole factor is the block mean, several times faster than numpy's.
+    block = np.ascontiguousarray(arr[:h, :w], dtype=np.float32)
+    return cv2.resize(block, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)
@@ -223,20 +222,7 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D grey image, got shape {gray.shape}")
     if is_mnist_form(gray):
         return gray.copy()  # already what the recipe below would make: redoing it only costs time
-    crop = _fast_crop(gray) if max(gray.shape) > FAST_SIDE else None
-    return _fit_and_centre(crop if crop is not None else _digit_crop(_ink_of(gray)))
-
-
-def _fast_crop(gray: np.ndarray) -> np.ndarray | None:
-    """The digit found on a copy reduced to FAST_SIDE, or None where it is too small there (or not found)."""
-    import cv2
-
-    factor = 1.0 / math.ceil(max(gray.shape) / FAST_SIDE)
-    try:
-        crop = _digit_crop(_ink_of(cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)))
-    except ImageRejected:
-        return None  # faint or small ink may still show at the full working resolution
-    return crop if max(crop.shape) >= _MIN_FAST_CROP else None
+    return _fit_and_centre(_digit_crop(_ink_of(gray)))
 
 
 def _ink_of(gray: np.ndarray) -> np.ndarray:
