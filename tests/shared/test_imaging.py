@@ -403,9 +403,3 @@ def test_a_faint_stretch_of_a_blurred_stroke_is_kept_whole():
     out = preprocess(encode(img.filter(ImageFilter.GaussianBlur(5)), "PNG"))
     rows, cols = np.nonzero(out > 0.5)
     assert cols.max() - cols.min() > 0.6 * (rows.max() - rows.min())  # the foot is there: an L, not an I
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 10, 11, 1000, 1001])
-def test_preprocessings_median_is_numpys(size):
-    values = np.random.default_rng(size).random(size).astype(np.float32)
-    assert preprocessing._median(values) == pytest.approx(float(np.median(values)), abs=1e-7)
