@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
           "| ms/image (batched) |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for path, predictor, meta, mnist_acc, user_scores, other_scores, infer_ms in rows:
-        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | {predictor.params} | "
+        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | {meta.get('parameters', '?')} | "
               f"{meta.get('train_seconds', '')} | {mnist_acc:.4f} | {user_scores['all']:.4f} | "
               f"{other_scores['all']:.4f} | {infer_ms:.3f} |")
     _kind_table("User-style", KINDS, rows, 4)
