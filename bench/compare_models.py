@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
           "| ms/image (batched) |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for path, predictor, meta, mnist_acc, user_scores, other_scores, infer_ms in rows:
-        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | {meta.get('parameters', '?')} | "
-              f"{meta.get('train_seconds', '')} | {mnist_acc:.4f} | {user_scores['all']:.4f} | "
-              f"{other_scores['all']:.4f} | {infer_ms:.3f} |")
+        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | "
+              f"{meta.get('parameters', '?')} | {meta.get('train_seconds', '')} | {mnist_acc:.4f} | "
+              f"{user_scores['all']:.4f} | {other_scores['all']:.4f} | {infer_ms:.3f} |")
     _kind_table("User-style", KINDS, rows, 4)
     _kind_table("Other-writers", otherwriters.KINDS, rows, 5)
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import quiet_tensorflow_logs
+from shared.logs import configure_logging
 from shared.model_files import SOURCE_SHA256, atomic_path, onnx_beside, sha256_of
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="the trained .h5")
     parser.add_argument("--output", type=Path, default=None, help="where to write it (default: beside the .h5)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     output = args.output or onnx_beside(args.model)
     export_onnx(args.model, output)
     log.info("wrote %s, the ONNX form of %s", output, args.model)

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from shared.logs import configure_logging
 from shared.model_files import atomic_path, onnx_beside, recorded_source, sha256_of
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="the .h5 to serve (its .onnx and .json beside it)")
     parser.add_argument("--to", type=Path, required=True, help="where the workers load it (their MODEL_PATH)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     target: Path = args.to
     if args.model.resolve() == target.resolve():
         parser.error(f"{args.model} is already where the workers load it")
