@@ -50,20 +50,48 @@ def test_a_replaced_model_is_loaded_and_swapped_once(tmp_path: Path) -> None:
     assert not watcher.check() and load.calls == 1
 
 
-def test_a_model_that_does_not_load_leaves_the_old_one_serving_and_is_tried_again(tmp_path, caplog) -> None:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_model_that_does_not_load_leaves_the_old_one_serving_and_is_tried_again_less_often(tmp_path,
+                                                                                              caplog) -> None:
     path = tmp_path / "m.h5"
     path.write_bytes(b"v1")
-    load, swapped = _Loads(path), []
-    watcher = ModelWatcher(path, 1.0, load, swapped.append, Stamp.of(path))
+    load, swapped, clock = _Loads(path), [], _Clock()
+    watcher = ModelWatcher(path, 1.0, load, swapped.append, Stamp.of(path), clock=clock)
     _replace(path, b"v2")
     load.failing = ModelUnavailable("its ONNX form records another .h5")
 
     with caplog.at_level(logging.WARNING, logger="worker.rollout"):
-        assert not watcher.check() and not watcher.check()
-    assert swapped == [] and load.calls == 2
+        attempts = []
+        for _ in range(16):  # one look a second for 16 s
+            watcher.check()
+            attempts.append(load.calls)
+            clock.now += 1.0
+    assert swapped == []
+    assert attempts == [1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 5]  # after 1, 2, 4, 8 s
     assert len([r for r in caplog.records if "did not load" in r.getMessage()]) == 1  # said once per file
     load.failing = None
+    clock.now += 16.0
     assert watcher.check() and swapped == [b"v2"]
+
+
+def test_a_newer_file_is_tried_at_once_after_a_refused_one(tmp_path) -> None:
+    path = tmp_path / "m.h5"
+    path.write_bytes(b"v1")
+    load, swapped = _Loads(path), []
+    watcher = ModelWatcher(path, 10.0, load, swapped.append, Stamp.of(path), clock=_Clock())
+    _replace(path, b"half")
+    load.failing = ModelUnavailable("being replaced")
+    assert not watcher.check()
+    load.failing = None
+    _replace(path, b"v2 whole")  # the rest of the rollout landed: no waiting out the backoff
+    assert watcher.check() and swapped == [b"v2 whole"]
 
 
 def test_a_missing_file_is_no_change(tmp_path: Path) -> None:
