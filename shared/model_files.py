@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # The ONNX file's metadata entry (metadata_props) naming the .h5 it was derived from.
 SOURCE_SHA256 = "source_sha256"
@@ -26,17 +27,27 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def recorded_source(onnx: bytes) -> str | None:
-    """The .h5 hash an ONNX form records (metadata_props), None if it records none or cannot be read."""
+def open_onnx(onnx: bytes, options: Any = None) -> Any | None:
+    """An ONNX Runtime CPU session over these bytes (``options``: its SessionOptions), None if they are no model."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # a foreign file is an answer here (None), not an error to log
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # a foreign file is an answer here (None), not an error to log
     try:
-        session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
     except Exception:  # ORT raises its own exception types for a truncated or foreign file
         return None
-    return session.get_modelmeta().custom_metadata_map.get(SOURCE_SHA256)
+
+
+def source_of(session: Any | None) -> str | None:
+    """The .h5 hash an opened ONNX form records (metadata_props), None if it records none."""
+    return None if session is None else session.get_modelmeta().custom_metadata_map.get(SOURCE_SHA256)
+
+
+def recorded_source(onnx: bytes) -> str | None:
+    """The .h5 hash an ONNX form records, None if it records none or cannot be read."""
+    return source_of(open_onnx(onnx))
 
 
 def onnx_beside(model_path: Path) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 
 from shared.config import quiet_tensorflow_logs
 from shared.deskew import deskew
-from shared.model_files import onnx_beside, recorded_source, sha256_of
+from shared.model_files import onnx_beside, open_onnx, sha256_of, source_of
 from worker.metrics import INFERENCE
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ class Predictor:
         if engine == "tensorflow" or (engine == "auto" and GPU_DEVICE.exists()):
             predictor = _tensorflow_predictor(model_path, card, threads)
         else:
-            onnx = find_onnx(model_path, card.sha256, cache_dir or model_path.parent, convert or convert_in_subprocess)
-            predictor = cls(card.version, "/CPU:0", "onnx", _onnx_session(onnx, threads), card.deskew, card.name)
+            session = find_onnx(model_path, card.sha256, cache_dir or model_path.parent,
+                                convert or convert_in_subprocess, threads)
+            predictor = cls(card.version, "/CPU:0", "onnx", _batched(session), card.deskew, card.name)
         predictor.predict(np.zeros((1, *INPUT_SHAPE), np.float32))
         return predictor
 
@@ -116,23 +117,24 @@ def _card_when_settled(model_path: Path) -> ModelCard:
             time.sleep(0.5)
 
 
-def find_onnx(model_path: Path, digest: str, cache_dir: Path, convert: Converter) -> bytes:
-    """The bytes of an ONNX form made from exactly this .h5 (beside it, or cached by its hash; else converted)."""
+def find_onnx(model_path: Path, digest: str, cache_dir: Path, convert: Converter, threads: int = 0) -> Any:
+    """The serving session of an ONNX form made from exactly this .h5 (beside it, or cached by its hash; else
+    converted): each file is read and opened once, and the session that showed its hash is the one served."""
     cached = cache_dir / f"{digest}.onnx"
     for candidate in (onnx_beside(model_path), cached):
-        data = candidate.read_bytes() if candidate.exists() else None
-        if data is None:
+        if not candidate.exists():
             continue
-        source = recorded_source(data)
-        if source == digest:
-            return data
-        log.warning("%s was made from another model (sha256 %s, not %s): not served", candidate, source, digest)
+        session = open_onnx(candidate.read_bytes(), _session_options(threads))
+        if source_of(session) == digest:
+            return session
+        log.warning("%s was made from another model (sha256 %s, not %s): not served", candidate,
+                    source_of(session), digest)
     log.info("no ONNX form of %s yet: converting it into %s", model_path, cached)
     convert(model_path, cached)
-    data = cached.read_bytes() if cached.exists() else b""
-    if recorded_source(data) != digest:
+    session = open_onnx(cached.read_bytes(), _session_options(threads)) if cached.exists() else None
+    if source_of(session) != digest:
         raise ModelUnavailable(f"converting {model_path} gave no ONNX form that records its hash")
-    return data
+    return session
 
 
 def convert_in_subprocess(model_path: Path, target: Path) -> None:
@@ -161,11 +163,8 @@ def _session_options(threads: int) -> Any:
     return options
 
 
-def _onnx_session(onnx: bytes, threads: int) -> Callable[[np.ndarray], Any]:
-    """ONNX Runtime's CPU session over the model, as one batched call."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx, _session_options(threads), providers=["CPUExecutionProvider"])
+def _batched(session: Any) -> Callable[[np.ndarray], Any]:
+    """An ONNX Runtime session as one batched call."""
     input_name = session.get_inputs()[0].name
     output_names = [session.get_outputs()[0].name]
 
