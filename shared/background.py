@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.ranks import median
+
 _BG_ITERATIONS = 8  # rounds of refitting on the pixels the surface explains
 
 
@@ -39,14 +41,17 @@ class Background:
     low: float
     high: float
 
-    def at(self, shape: tuple[int, ...]) -> np.ndarray:
-        """The surface sampled on a grid of ``shape`` spanning the same image."""
-        y, x = _axis(shape[0])[:, None], _axis(shape[1])[None, :]
+    def at(self, shape: tuple[int, ...], floor: float | None = None) -> np.ndarray:
+        """The surface sampled on a grid of ``shape`` spanning the same image (never below ``floor`` if given)."""
+        y, x = _axis(shape[0]), _axis(shape[1])
         c0, cx, cy, cxx, cxy, cyy = (np.float32(c) for c in self.coef)
-        surface = (c0 + x * (cx + cxx * x)) + y * (cy + cyy * y + cxy * x)
+        # Separable terms as outer sums, the cross term added in place: three passes over the image, not six.
+        surface = np.add.outer(y * (cy + cyy * y), c0 + x * (cx + cxx * x))
+        surface += np.multiply.outer(cxy * y, x)
         # Where the paper is hidden (a big digit), the quadratic extrapolates: never beyond
         # what the paper itself showed.
-        return np.clip(surface, self.low, self.high)
+        low, high = (self.low, self.high) if floor is None else (max(self.low, floor), max(self.high, floor))
+        return np.clip(surface, low, high, out=surface)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -69,6 +74,15 @@ def _design(shape: tuple[int, ...]) -> np.ndarray:
     return design
 
 
+@functools.lru_cache(maxsize=256)  # at most 144 KB each
+def _products(shape: tuple[int, ...]) -> np.ndarray:
+    """Each pixel's outer product of its design row (pixels x 36): the normal matrix of any subset is one sum."""
+    design = _design(shape)
+    products = (design[:, :, None] * design[:, None, :]).reshape(len(design), 36)
+    products.flags.writeable = False
+    return products
+
+
 def fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> Background:
     """Fit a quadratic surface to the background (paper, or MNIST's black) of ``small``.
 
@@ -78,7 +92,7 @@ def fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> Backgroun
     pixels more ink-like than the surface by more than the noise allows), so the surface
     spreads from the border across the sheet even when the digit covers much of it.
     """
-    design = _design(small.shape)
+    design, products = _design(small.shape), _products(small.shape)
     sign = np.float32(-1.0 if dark_ink else 1.0)
     inkness = sign * (small.reshape(-1) - np.float32(paper))  # ink positive, paper about 0
     tolerance = max(4.0 * noise_sigma(small), 0.03)
@@ -87,11 +101,11 @@ def fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> Backgroun
     for _ in range(_BG_ITERATIONS):
         if np.count_nonzero(keep) < 12:
             break
-        weighted = design * keep[:, None]  # the kept pixels' rows, the others zero: no gather of the rows
+        weights = keep.astype(np.float32)  # the kept pixels 1, the others 0: sums over them, no gather
         kept = inkness[keep]
         # Normal equations (6x6): much cheaper than lstsq's SVD, and well conditioned on [-1, 1].
         try:
-            coef = np.linalg.solve(weighted.T @ design, weighted.T @ inkness).astype(np.float32)
+            coef = np.linalg.solve((weights @ products).reshape(6, 6), (weights * inkness) @ design).astype(np.float32)
         except np.linalg.LinAlgError:
             break
         fit = np.clip(design @ coef, kept.min(), kept.max())
@@ -108,13 +122,16 @@ def fit_background(small: np.ndarray, paper: float, dark_ink: bool) -> Backgroun
 
 
 def ink_map(gray: np.ndarray, background: Background, dark_ink: bool) -> np.ndarray:
-    """Ink strength (background 0, ink positive) from grey levels and the fitted background."""
-    bg = background.at(gray.shape)
+    """Ink strength (background 0, ink positive) from grey levels and the fitted background (a new array)."""
     if dark_ink:
         # Ink on lit paper: light is multiplicative, so dividing by the paper's brightness
         # flattens uneven lighting and gives ink the same contrast in shade as in light.
-        return 1.0 - gray / np.maximum(bg, 0.05)
-    return gray - bg  # light ink on a dark ground (MNIST, chalk): nothing to divide by
+        ink = background.at(gray.shape, floor=0.05)
+        np.divide(gray, ink, out=ink)
+        return np.subtract(np.float32(1.0), ink, out=ink)
+    # Light ink on a dark ground (MNIST, chalk): nothing to divide by.
+    ink = background.at(gray.shape)
+    return np.subtract(gray, ink, out=ink)
 
 
 def noise_sigma(ink: np.ndarray) -> float:
@@ -128,13 +145,3 @@ def noise_sigma(ink: np.ndarray) -> float:
     if diffs.size == 0:  # a one-pixel-wide picture has no neighbours to compare: no measurable noise
         return 0.0
     return median(diffs) / (0.6745 * math.sqrt(2.0))
-
-
-def median(values: np.ndarray) -> float:
-    """np.median of finite values, without its NaN checks and wrappers (a few of these per upload)."""
-    flat = values.reshape(-1)
-    half = flat.size // 2
-    if flat.size % 2:
-        return float(np.partition(flat, half)[half])
-    low, high = np.partition(flat, (half - 1, half))[half - 1:half + 1]
-    return (float(low) + float(high)) / 2

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from shared.background import fit_background, ink_map, median, noise_sigma, reduce_to
+from shared.background import fit_background, ink_map, noise_sigma, reduce_to
 from shared.imaging import _DEFAULT_LIMITS, ImageLimits, ImageRejected, load_grayscale
+from shared.ranks import kth_largest, kth_smallest, median
 
 # The background is fitted on an even smaller copy: it is smooth by definition.
 _BG_SIDE = 32
@@ -101,10 +102,8 @@ def _ink_of(gray: np.ndarray) -> np.ndarray:
     """Steps 1-4: the ink, bright on black, normalised to [0, 1] with faint noise dropped; no_ink if none."""
     # 1. Polarity: the ink is whichever side deviates most from the paper (the border's level),
     # judged on robust extremes (the few dozenth darkest and brightest pixels, not single spikes).
-    flat = gray.reshape(-1)
-    k = min(_LEVEL_PIXELS, flat.size // 2)
-    ranked = np.partition(flat, (k, flat.size - 1 - k))
-    darkest, brightest = float(ranked[k]), float(ranked[flat.size - 1 - k])
+    k = min(_LEVEL_PIXELS, gray.size // 2)
+    darkest, brightest = kth_smallest(gray, k + 1), kth_largest(gray, k + 1)
     paper = median(_border_pixels(gray))
     dark_ink = paper - darkest > brightest - paper
     small = reduce_to(gray, _BG_SIDE)
@@ -114,9 +113,7 @@ def _ink_of(gray: np.ndarray) -> np.ndarray:
 
     # 3. Contrast: the ink's level is that of its strongest few dozen pixels (a robust maximum:
     # a hairline stroke has few pixels, single noise spikes are fewer).
-    flat = ink.reshape(-1)
-    k = min(flat.size, _LEVEL_PIXELS)
-    level = float(np.partition(flat, flat.size - k)[flat.size - k])
+    level = kth_largest(ink, min(ink.size, _LEVEL_PIXELS))
     sigma = noise_sigma(ink)
     # No ink: too faint, lost in the noise, or gone on the small copy, whose averaging wipes
     # out noise however strong but keeps a real stroke, even a hairline, visible.
@@ -137,15 +134,16 @@ def _digit_crop(ink: np.ndarray) -> np.ndarray:
 
     # 5. Keep the digit: drop lines along the image's edge, then specks (8-connected blobs).
     _clear_edge_lines(ink)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).view(np.uint8), connectivity=8)
+    # Grana's block-based labelling: a third faster than the default on one thread, the same labels.
+    count, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+        (ink > 0).view(np.uint8), 8, cv2.CV_32S, cv2.CCL_BBDT)
     if count <= 1:
         raise ImageRejected("no_ink", "no digit found: the image has no visible ink")
     keep = _select_components(labels, stats, ink.shape)
-    mask = keep[labels]
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    crop = ink[top:bottom, left:right] * mask[top:bottom, left:right]
+    # The kept blobs' joint bounding box from their stats; only the pixels inside it are looked up.
+    left, top, width, height = (stats[keep, k] for k in range(4))
+    top, bottom, left, right = top.min(), (top + height).max(), left.min(), (left + width).max()
+    crop = ink[top:bottom, left:right] * keep[labels[top:bottom, left:right]]
     if DIGIT_BOX / max(crop.shape) < 0.5:
         # 6. Well above MNIST's resolution: re-sharpen stroke edges (blur, soft focus) the way
         # MNIST's binary NIST scans were, so the box filter below makes MNIST's anti-aliasing.

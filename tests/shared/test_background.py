@@ -8,12 +8,6 @@ import pytest
 from shared import background
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 10, 11, 1000, 1001])
-def test_the_median_is_numpys(size: int) -> None:
-    values = np.random.default_rng(size).random(size).astype(np.float32)
-    assert background.median(values) == pytest.approx(float(np.median(values)), abs=1e-7)
-
-
 @pytest.mark.parametrize("shape", [(157, 384), (384, 300), (33, 65), (100, 7), (20, 30)])
 def test_the_small_copy_is_the_block_mean(shape: tuple[int, int]) -> None:
     values = np.random.default_rng(shape[0]).random(shape).astype(np.float32)
