@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -72,6 +73,9 @@ class Settings(BaseSettings):
     sweep_after_seconds: float = Field(
         60.0, description="How long a claim or a lost message may go unnoticed: a worker's lease on the uploads it "
                           "started, and the age after which a message found nowhere in Redis counts as lost")
+    db_io_timeout_seconds: float = Field(
+        20.0, description="Longest a web or worker process waits on one MySQL read or write: a connection left "
+                          "half-open by a cut link fails within this, never hangs past a lease")
     max_attempts: int = Field(5, description="Deliveries: workers that started an upload and died or timed out "
                                              "before it ends as FAILURE (poison)")
     idempotency_ttl_seconds: int = Field(
@@ -107,6 +111,15 @@ class Settings(BaseSettings):
     def allowed_webhook_hosts(self) -> frozenset[str]:
         """WEBHOOK_ALLOWED_HOSTS as a set of lower-case host names or addresses."""
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+    @property
+    def db_idle_session_seconds(self) -> int:
+        """How long MySQL keeps a silent session of ours, and the row locks of its open transaction: about a lease.
+
+        A worker stopped or hung in mid-transaction (SIGSTOP, a stuck thread) would otherwise hold its rows
+        locked for MySQL's default eight hours, and every other worker would queue behind them.
+        """
+        return max(10, math.ceil(self.sweep_after_seconds))
 
     @property
     def max_request_bytes(self) -> int:

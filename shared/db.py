@@ -11,12 +11,24 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.config import Settings
 
-def make_engine(url: str, lock_wait_seconds: int | None = None, **kwargs: Any) -> Engine:
+
+def make_service_engine(settings: Settings, **kwargs: Any) -> Engine:
+    """The engine of a web or worker process: its MySQL reads and writes bounded, its silent sessions ended."""
+    return make_engine(settings.database_url, io_timeout_seconds=settings.db_io_timeout_seconds,
+                       idle_session_seconds=settings.db_idle_session_seconds, **kwargs)
+
+
+def make_engine(url: str, lock_wait_seconds: int | None = None, io_timeout_seconds: float | None = None,
+                idle_session_seconds: int | None = None, **kwargs: Any) -> Engine:
     """An engine with a pool that survives MySQL dropping idle connections.
 
     `lock_wait_seconds` bounds how long a statement waits for another transaction's row lock (MySQL's
-    innodb_lock_wait_timeout, 50 s by default) on the engine's connections.
+    innodb_lock_wait_timeout, 50 s by default) on the engine's connections. `io_timeout_seconds` bounds each
+    read and write on a MySQL socket: without it, a connection whose peer vanished without a reset (a cut
+    link, a host gone) blocks until TCP gives up, about 15 minutes. `idle_session_seconds` is the server's
+    wait_timeout for the engine's sessions: one silent that long is closed and its transaction rolled back.
     """
     if url.startswith("sqlite"):
         # Pool sizes are for server databases: an in-memory SQLite's pool takes none (a file's keeps its default).
@@ -32,9 +44,20 @@ def make_engine(url: str, lock_wait_seconds: int | None = None, **kwargs: Any) -
             cur.close()
 
         return engine
+    connect_args = kwargs.setdefault("connect_args", {})
+    # Every stored time is UTC, and leases compare with UTC_TIMESTAMP() (shared/dbclock.py): TIMESTAMP columns
+    # must not be shifted by a server's or session's local zone.
+    session = ["time_zone = '+00:00'"]
     if lock_wait_seconds is not None:
-        kwargs.setdefault("connect_args", {})["init_command"] = (
-            f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait_seconds)}")
+        session.append(f"innodb_lock_wait_timeout = {int(lock_wait_seconds)}")
+    if idle_session_seconds is not None:
+        # Longer than IDLE_PING_SECONDS by far: a pooled connection the server closed is pinged, then replaced.
+        session.append(f"wait_timeout = {max(int(idle_session_seconds), 3 * int(IDLE_PING_SECONDS))}")
+    connect_args["init_command"] = "SET SESSION " + ", ".join(session)
+    if io_timeout_seconds is not None:
+        connect_args.setdefault("connect_timeout", max(1, round(io_timeout_seconds)))
+        connect_args.setdefault("read_timeout", io_timeout_seconds)
+        connect_args.setdefault("write_timeout", io_timeout_seconds)
     # recycle: stay under MySQL's wait_timeout on long-lived workers.
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 5)

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from shared.dbclock import read_db_now
 from shared.schema import WebhookDelivery, utcnow
 
 TABLE = cast(Table, WebhookDelivery.__table__)
@@ -105,7 +106,7 @@ def schedule(conn: Connection, events: Iterable[Event], hold: Hold | None = None
 
 def take_due(conn: Connection, limit: int, lease_seconds: float = LEASE_SECONDS) -> list[Due]:
     """Hold up to `limit` due deliveries (not held by a live sender) for this sender; oldest due first."""
-    now = utcnow()
+    now = read_db_now(conn)  # the database's clock: a sender whose host runs ahead takes no live hold
     free = or_(COLUMNS.lease_expires_at.is_(None), COLUMNS.lease_expires_at < now)
     ids = [r.id for r in conn.execute(select(COLUMNS.id).where(COLUMNS.state == PENDING, COLUMNS.next_attempt_at <= now,
                                                                free).order_by(COLUMNS.next_attempt_at).limit(limit))]

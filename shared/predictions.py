@@ -22,12 +22,13 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 
+from shared.dbclock import db_now, read_db_now
 from shared.deliveries import Event, Hold, reports, schedule
 from shared.schema import FINAL_STATES, STATUS_COLUMNS, Prediction, State, status_document, utcnow
 
@@ -38,10 +39,10 @@ COLUMNS = TABLE.c
 STATUS_SELECT = [COLUMNS[name] for name in STATUS_COLUMNS]
 
 
-def _claimable(now: datetime) -> Any:
-    """PENDING, or STARTED under a lease that ran out: nobody is working on it."""
+def _claimable() -> Any:
+    """PENDING, or STARTED under a lease that ran out (by the database's clock): nobody is working on it."""
     return or_(COLUMNS.state == State.PENDING.value,
-               and_(COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < now))
+               and_(COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < db_now()))
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,12 @@ def record(conn: Connection, uploads: Sequence[NewUpload], queue: str) -> list[d
         {"task_id": u.task_id, "state": State.PENDING.value, "image": u.data,
          "image_sha256": hashlib.sha256(u.data).hexdigest(), "filename": u.filename,
          "content_type": u.content_type, "size_bytes": len(u.data), "width": u.width, "height": u.height,
-         "created_at": now, "enqueued_at": now, "deliveries": 0, "queue": queue, "owner": u.owner,
+         "created_at": now, "deliveries": 0, "queue": queue, "owner": u.owner,
          "webhook_url": u.webhook_url, "webhook_events": u.webhook_events}
         for u in uploads
     ]
-    conn.execute(insert(TABLE), rows)
+    # Recovery ages the message from enqueued_at on the database's clock: a web host's skew cannot make it look lost.
+    conn.execute(insert(TABLE).values(enqueued_at=db_now()), rows)
     return rows
 
 
@@ -104,11 +106,10 @@ class Found:
 
 def look_up(conn: Connection, task_ids: Sequence[str]) -> dict[str, Found]:
     """The uploads' states and delivery counts (no image bytes); unknown ids are left out."""
-    now = utcnow()
-    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.state, COLUMNS.deliveries, COLUMNS.lease_expires_at)
+    leased = and_(COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at > db_now())
+    rows = conn.execute(select(COLUMNS.task_id, COLUMNS.state, COLUMNS.deliveries, leased.label("leased"))
                         .where(COLUMNS.task_id.in_(list(task_ids))))
-    return {r.task_id: Found(r.task_id, r.state, r.deliveries, r.state == State.STARTED.value
-                             and r.lease_expires_at is not None and r.lease_expires_at > now) for r in rows}
+    return {r.task_id: Found(r.task_id, r.state, r.deliveries, bool(r.leased)) for r in rows}
 
 
 def stored_documents(conn: Connection, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -148,11 +149,11 @@ def claim(conn: Connection, task_ids: Sequence[str], deliveries: int, worker: st
     detection counts the workers that started an upload, never the time it waited.
     """
     token = secrets.token_hex(16)
-    now = utcnow()
+    # The lease on the database's clock: a worker whose own clock runs ahead cannot stretch it.
     conn.execute(update(TABLE)
-                 .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.deliveries == deliveries, _claimable(now))
+                 .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.deliveries == deliveries, _claimable())
                  .values(state=State.STARTED.value, claim_token=token, deliveries=COLUMNS.deliveries + 1,
-                         lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now, worker=worker))
+                         lease_expires_at=db_now(lease_seconds), started_at=db_now(), worker=worker))
     rows = conn.execute(select(COLUMNS.task_id, COLUMNS.image, COLUMNS.created_at, COLUMNS.webhook_url,
                                COLUMNS.webhook_events)
                         .where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.claim_token == token)).all()
@@ -267,7 +268,7 @@ def release(conn: Connection, claim: Claim) -> None:
 
 def renew(conn: Connection, claims: Iterable[Claim], lease_seconds: float) -> None:
     """Push back the leases of claims still being worked on (a live worker keeps what it started)."""
-    expires = utcnow() + timedelta(seconds=lease_seconds)
+    expires = db_now(lease_seconds)
     for held in claims:
         conn.execute(update(TABLE)
                      .where(COLUMNS.task_id.in_(list(held.images)), COLUMNS.claim_token == held.token,
@@ -291,7 +292,7 @@ def fail_poison(conn: Connection, found: Iterable[Found]) -> dict[str, dict[str,
     for item in found:
         done = conn.execute(update(TABLE)
                             .where(COLUMNS.task_id == item.task_id, COLUMNS.deliveries == item.deliveries,
-                                   _claimable(utcnow()))
+                                   _claimable())
                             .values(state=State.FAILURE.value, error=poison_reason(item.deliveries),
                                     finished_at=utcnow(), lease_expires_at=None)).rowcount
         if done:
@@ -338,7 +339,7 @@ def expired_claims(conn: Connection, queue: str, limit: int = 1000) -> list[Foun
     """STARTED uploads of this queue whose lease ran out: their worker died, stalled or was cut off."""
     rows = conn.execute(select(COLUMNS.task_id, COLUMNS.state, COLUMNS.deliveries)
                         .where(COLUMNS.queue == queue, COLUMNS.state == State.STARTED.value,
-                               COLUMNS.lease_expires_at < utcnow())
+                               COLUMNS.lease_expires_at < db_now())
                         .order_by(COLUMNS.lease_expires_at).limit(limit))
     return [Found(r.task_id, r.state, r.deliveries, leased=False) for r in rows]
 
@@ -349,18 +350,18 @@ def unclaim(conn: Connection, found: Iterable[Found]) -> list[str]:
     for item in found:
         done = conn.execute(update(TABLE)
                             .where(COLUMNS.task_id == item.task_id, COLUMNS.deliveries == item.deliveries,
-                                   COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < utcnow())
+                                   COLUMNS.state == State.STARTED.value, COLUMNS.lease_expires_at < db_now())
                             .values(state=State.PENDING.value, claim_token=None, lease_expires_at=None)).rowcount
         if done:
             back.append(item.task_id)
     return back
 
 
-def waiting_since(conn: Connection, queue: str, before: datetime, limit: int) -> list[str]:
-    """PENDING uploads of this queue last enqueued before `before`, oldest first."""
+def waiting_longer_than(conn: Connection, queue: str, seconds: float, limit: int) -> list[str]:
+    """PENDING uploads of this queue last enqueued more than `seconds` ago (database clock), oldest first."""
     rows = conn.execute(select(COLUMNS.task_id)
                         .where(COLUMNS.queue == queue, COLUMNS.state == State.PENDING.value,
-                               COLUMNS.enqueued_at < before)
+                               COLUMNS.enqueued_at < db_now(-seconds))
                         .order_by(COLUMNS.enqueued_at).limit(limit))
     return [r.task_id for r in rows]
 
@@ -376,7 +377,7 @@ def states(conn: Connection, task_ids: Iterable[str]) -> dict[str, str]:
 
 def mark_requeued(conn: Connection, task_ids: Sequence[str]) -> list[str]:
     """Note that lost uploads are being enqueued again; the ids still PENDING (the ones to send)."""
-    now = utcnow()
+    now = read_db_now(conn)
     conn.execute(update(TABLE).where(COLUMNS.task_id.in_(list(task_ids)), COLUMNS.state == State.PENDING.value)
                  .values(enqueued_at=now))
     rows = conn.execute(select(COLUMNS.task_id).where(COLUMNS.task_id.in_(list(task_ids)),

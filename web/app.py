@@ -9,7 +9,7 @@ from celery import Celery
 from flask import Flask
 
 from shared.config import REPO_ROOT, Settings, get_settings
-from shared.db import make_engine, make_session_factory
+from shared.db import make_service_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_celery
 from web import owner
@@ -41,8 +41,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     # default) and an overflow connection is closed when it is given back; more wait for one in the pool.
     # A repeat of an Idempotency-Key waits on the first request's row lock: 10 s, not MySQL's 50, before its 409
     # (the web's own transactions hold locks for milliseconds).
-    engine = make_engine(settings.database_url, lock_wait_seconds=WEB_LOCK_WAIT_SECONDS, pool_size=16,
-                         max_overflow=16)
+    engine = make_service_engine(settings, lock_wait_seconds=WEB_LOCK_WAIT_SECONDS, pool_size=16, max_overflow=16)
     producer = celery or make_celery(settings.redis_url, settings.queue_name, main="digits-web")
     app.extensions[EXTENSION] = Deps(
         settings=settings,

@@ -27,14 +27,14 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
 from sqlalchemy import Engine
 
 from shared import predictions
-from shared.schema import FINAL_STATES, State, utcnow
+from shared.schema import FINAL_STATES, State
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,7 @@ class Recovery:
         result = SweepResult()
         self._expire_claims(result)
         with self._engine.begin() as conn:
-            before = utcnow() - timedelta(seconds=self._after)
-            suspects = set(predictions.waiting_since(conn, self._queue, before, SUSPECTS_PER_SWEEP))
+            suspects = set(predictions.waiting_longer_than(conn, self._queue, self._after, SUSPECTS_PER_SWEEP))
         suspects |= set(result.unclaimed)
         if suspects:
             self._locate(suspects, result)

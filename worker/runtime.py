@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from shared import preprocessing
 from shared.config import Settings, get_settings
-from shared.db import make_engine
+from shared.db import make_service_engine
 from shared.statuses import cache_final
 from worker.batcher import MicroBatcher
 from worker.leases import Leases
@@ -109,7 +109,7 @@ def _build(settings: Settings) -> WorkerRuntime:
     predictor = load_model(settings)
     # A connection for each task thread that may run a batch at once, plus the micro-batcher's, the lease
     # thread's and recovery's, kept open: no connect churn.
-    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 3, max_overflow=0)
+    engine = make_service_engine(settings, pool_size=settings.worker_concurrency + 3, max_overflow=0)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     name = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 
 from shared import deliveries
 from shared.config import Settings
-from shared.db import make_engine
+from shared.db import make_service_engine
 from shared.deliveries import Due
 from shared.webhooks import Target, WebhookRefused, backoff_seconds, check_target, sign, valid_secret
 from worker.metrics import WEBHOOK_ATTEMPTS
@@ -329,5 +329,5 @@ def make_deliverer(settings: Settings) -> Deliverer | None:
         log.error("WEBHOOK_SECRET is not whsec_ and base64 of 24+ bytes: this worker delivers no webhooks")
         return None
     # Its own connections (one per sender and the poller's): webhook bookkeeping never takes one a batch needs.
-    engine = make_engine(settings.database_url, pool_size=max(1, settings.webhook_senders) + 1, max_overflow=0)
+    engine = make_service_engine(settings, pool_size=max(1, settings.webhook_senders) + 1, max_overflow=0)
     return Deliverer(engine, settings, lease_seconds=settings.webhook_lease_seconds)

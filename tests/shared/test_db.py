@@ -43,3 +43,41 @@ def test_a_connection_back_in_use_at_once_is_not_pinged(database_url, monkeypatc
         _connection_id(engine)
     assert _connection_id(engine) > 0
     engine.dispose()
+
+
+def test_a_session_silent_in_mid_transaction_gives_up_its_row_locks(database_url):
+    # A worker stopped (SIGSTOP) or hung between two statements of a transaction: without the server's
+    # wait_timeout its row locks stay until MySQL's default eight hours, and every other writer queues behind.
+    ddl = db.make_engine(database_url)
+    with ddl.begin() as conn:
+        conn.execute(text("CREATE TABLE silent_locks (id INT PRIMARY KEY, n INT)"))
+        conn.execute(text("INSERT INTO silent_locks VALUES (1, 0)"))
+    stalled = db.make_engine(database_url, idle_session_seconds=6, pool_size=1, max_overflow=0)
+    other = db.make_engine(database_url, lock_wait_seconds=30, pool_size=1, max_overflow=0)
+    held = stalled.connect()
+    try:
+        held.begin()
+        held.execute(text("UPDATE silent_locks SET n = 1 WHERE id = 1"))  # locked, then silence
+        with other.begin() as conn:  # waits for the lock, which the server frees when it drops the silent session
+            assert conn.execute(text("UPDATE silent_locks SET n = 2 WHERE id = 1")).rowcount == 1
+        with other.connect() as conn:
+            assert conn.execute(text("SELECT n FROM silent_locks")).scalar_one() == 2  # the stalled update rolled back
+        with pytest.raises(OperationalError):  # and the stalled one finds its session gone when it wakes
+            held.execute(text("SELECT 1"))
+    finally:
+        held.invalidate()  # closes its socket: the server rolls back whatever it still held
+        stalled.dispose()
+        other.dispose()
+        with ddl.begin() as conn:
+            conn.execute(text("DROP TABLE silent_locks"))
+        ddl.dispose()
+
+
+def test_service_engines_bound_every_mysql_read_and_write(settings):
+    engine = db.make_service_engine(settings)
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert (raw._read_timeout, raw._write_timeout) == (settings.db_io_timeout_seconds,) * 2
+        timeouts = conn.execute(text("SELECT @@session.wait_timeout, @@session.time_zone")).one()
+    assert tuple(timeouts) == (settings.db_idle_session_seconds, "+00:00")
+    engine.dispose()
