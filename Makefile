@@ -40,6 +40,7 @@ $(VENV)/.installed-dev: $(PY) $(LOCKS)/dev.txt pyproject.toml
 	bash scripts/validate-k8s.sh install-kubectl
 	@# Debian's Chromium for tests/browser, unless there is one
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-tool.sh faketime faketime "the clock-skew test (tests/fault/test_clock_skew.py)"
 	@touch $@ $(VENV)/.installed-local
 
 $(MODEL): | $(VENV)/.installed-local
