@@ -22,6 +22,7 @@ from types import FrameType
 from shared.config import REPO_ROOT, STRONG_MODEL_PATH, LocalRunSettings, Settings, child_environment
 from shared.logs import configure_logging
 from shared.migrate import upgrade
+from worker.heartbeat import heartbeat_age
 
 log = logging.getLogger("run_local")
 
@@ -133,6 +134,21 @@ class Child:
     started_at: float
     restarts: RestartState = field(default_factory=RestartState)
     restart_at: float | None = None  # set while it is dead and waits out its back-off
+    heartbeat: Watchdog | None = None  # a worker: killed (and so restarted) when its heartbeat goes stale
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """A child's heartbeat file (worker/heartbeat.py) and how old it may get while the child lives."""
+
+    path: Path
+    stall_seconds: float
+
+    def stalled_for(self, lived: float) -> float | None:
+        """How long the child has shown no sign of progress, if longer than allowed (counted from its start)."""
+        age = heartbeat_age(self.path)
+        silent = lived if age is None else min(age, lived)
+        return silent if silent > self.stall_seconds else None
 
 
 class Stack:
@@ -150,11 +166,12 @@ class Stack:
         """The current process of each child, by name."""
         return {name: child.proc for name, child in self.children.items()}
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, args: list[str], env: dict[str, str],
+              heartbeat: Watchdog | None = None) -> subprocess.Popen[bytes]:
         """Start one child in the repository root, remembering how, to restart it."""
         with self._lock:
             proc = self._spawn(name, args, env)
-            self.children[name] = Child(name, list(args), dict(env), proc, self.clock())
+            self.children[name] = Child(name, list(args), dict(env), proc, self.clock(), heartbeat=heartbeat)
         return proc
 
     @staticmethod
@@ -181,6 +198,7 @@ class Stack:
             if self._stopping.is_set():
                 return None
             if child.restart_at is None:
+                self._kill_if_stalled(child, now)
                 code = child.proc.poll()  # reaps it: no zombie waits out the back-off
                 if code is not None:
                     kill_leftovers(child.proc)
@@ -190,6 +208,17 @@ class Stack:
             elif now >= child.restart_at and not self._restart(child, now):
                 return child.name
         return None
+
+    @staticmethod
+    def _kill_if_stalled(child: Child, now: float) -> None:
+        """SIGKILL a live child whose heartbeat went stale (hung, or stopped): the restart below brings it back."""
+        if child.heartbeat is None or child.proc.poll() is not None:
+            return
+        silent = child.heartbeat.stalled_for(now - child.started_at)
+        if silent is not None:
+            log.error("%s (pid %d) made no progress for %.0f s (heartbeat %s, limit %.0f s): killing it", child.name,
+                      child.proc.pid, silent, child.heartbeat.path, child.heartbeat.stall_seconds)
+            kill_leftovers(child.proc)
 
     def _schedule_restart(self, child: Child, reason: str, now: float, clean: bool = False) -> bool:
         """Log why the child died and when it comes back; False when it keeps failing."""
@@ -273,7 +302,8 @@ def webhook_secret(data_dir: Path) -> str:
 def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_url: str) -> None:
     """Migrate the database, start web, worker and Flower, and say where they are once they listen."""
     # The other fields have defaults or come from the environment (mypy cannot see pydantic's defaults).
-    model_path = served_model(Settings(redis_url=redis_url, database_url=database_url))  # type: ignore[call-arg]
+    settings = Settings(redis_url=redis_url, database_url=database_url)  # type: ignore[call-arg]
+    model_path = served_model(settings)
     if not model_path.exists():
         raise SystemExit(f"No model at {model_path}: train it first with `make model`.")
     env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, MODEL_PATH=str(model_path),
@@ -287,8 +317,11 @@ def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_ur
                               "--bind", f"127.0.0.1:{local.port}",
                               "--workers", str(local.web_workers),
                               "--access-logfile", "-", "web:create_app()"], web_env)
+    heartbeat = (local.data_dir / "worker.heartbeat").resolve()
+    heartbeat.unlink(missing_ok=True)  # a previous run's: the new worker's age counts from its start
     stack.start("worker", [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO",
-                           "--hostname", "worker@%h"], env)
+                           "--hostname", "worker@%h"], env | {"WORKER_HEARTBEAT_FILE": str(heartbeat)},
+                heartbeat=Watchdog(heartbeat, settings.worker_stall_seconds))
     wait_for_port(local.port, web)
     log.info("web:    http://127.0.0.1:%d", local.port)
     if local.with_flower:

@@ -35,7 +35,8 @@ class Batcher(Generic[T, R]):
     """
 
     def __init__(self, run_batch: Callable[[list[T]], Sequence[R | BaseException]], max_batch: int,
-                 max_wait: float, name: str = "batcher", runners: int = 1) -> None:
+                 max_wait: float, name: str = "batcher", runners: int = 1,
+                 on_idle: Callable[[], None] | None = None, idle_seconds: float = 5.0) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_wait = max_wait
@@ -45,6 +46,9 @@ class Batcher(Generic[T, R]):
         self._queue: queue.SimpleQueue[_Item[T, R]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        # Called by a runner that waited `idle_seconds` with nothing to do (a worker's heartbeat).
+        self._on_idle = on_idle
+        self._idle_seconds = idle_seconds
 
     def submit(self, value: T, timeout: float | None = None) -> R:
         """Queue one item and block until its group ran; its result, or the error of its group or its own."""
@@ -62,6 +66,10 @@ class Batcher(Generic[T, R]):
             self._queue.put(item)
         return [item.future.result(timeout) for item in items]
 
+    def start(self) -> None:
+        """Start the runners now (they start on the first submit otherwise); in the process that serves."""
+        self._ensure_running()
+
     def _ensure_running(self) -> None:
         # Started on first use, in the process that serves (never before a fork: threads don't follow one).
         with self._lock:
@@ -72,7 +80,7 @@ class Batcher(Generic[T, R]):
 
     def _collect(self) -> list[_Item[T, R]]:
         """Block for the first item, then take what arrives within `max_wait`, up to `max_batch`."""
-        items = [self._queue.get()]
+        items = [self._first()]
         deadline = time.monotonic() + self._max_wait
         while len(items) < self._max_batch:
             remaining = deadline - time.monotonic()
@@ -81,6 +89,16 @@ class Batcher(Generic[T, R]):
             except queue.Empty:
                 break
         return items
+
+    def _first(self) -> _Item[T, R]:
+        """Wait for an item; every `idle_seconds` of waiting, say so to `on_idle`."""
+        if self._on_idle is None:
+            return self._queue.get()
+        while True:
+            try:
+                return self._queue.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                self._on_idle()
 
     def _loop(self) -> None:
         while True:

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     model_reload_seconds: float = Field(
         10.0, description="How often a worker looks for a new model at MODEL_PATH and swaps to it between batches; "
                           "0 = never (a new model then needs a restart)")
+    worker_heartbeat_file: Path | None = Field(
+        None, description="File a worker's batch pipeline touches while it turns (worker/heartbeat.py); make run, "
+                          "compose and Kubernetes restart a worker whose file is older than WORKER_STALL_SECONDS")
+    worker_stall_seconds: float = Field(
+        60.0, description="A worker whose batch has run this long, or whose heartbeat is this old, is hung")
     model_cache_dir: Path | None = Field(
         None, description="Where a worker writes the ONNX form of a .h5 that came without one (by the .h5's hash); "
                           "empty = beside the model")

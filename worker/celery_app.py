@@ -69,6 +69,7 @@ def _warm_up(serve_metrics: bool) -> None:
     from worker.runtime import get_runtime
 
     runtime = get_runtime()
+    runtime.start_batching()  # its runners beat the heartbeat from now on, work or none
     log.info("worker process %s ready: model %s on %s", runtime.name, runtime.predictor.version,
              runtime.predictor.device)
     MODEL.labels(version=runtime.predictor.version, device=runtime.predictor.device).set(1)

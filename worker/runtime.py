@@ -19,6 +19,7 @@ from shared.config import Settings, get_settings
 from shared.db import make_service_engine
 from shared.statuses import cache_final
 from worker.batcher import MicroBatcher
+from worker.heartbeat import Heartbeat
 from worker.leases import Leases
 from worker.metrics import MODEL, observe_batch
 from worker.model import Predictor, load_predictor
@@ -62,6 +63,11 @@ class WorkerRuntime:
         MODEL.labels(version=predictor.version, device=predictor.device).set(1)
         log.info("model %s %s now serves (was %s)", predictor.name, predictor.version, old.version)
         return old
+
+    def start_batching(self) -> None:
+        """Start the batch pipeline's runners, and with them its heartbeat, before the first task arrives."""
+        assert self.batcher is not None, "built by get_runtime()"
+        self.batcher.start()
 
     def predict_one(self, task_id: str) -> dict[str, Any]:
         """Predict one upload together with whatever other tasks of this process are waiting."""
@@ -124,5 +130,6 @@ def _build(settings: Settings) -> WorkerRuntime:
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,
                             pipeline=pipeline, deliverer=deliverer, model_stamp=stamp)
     runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
-                                   max_wait=settings.batch_max_wait_ms / 1000, runners=settings.batch_runners)
+                                   max_wait=settings.batch_max_wait_ms / 1000, runners=settings.batch_runners,
+                                   heartbeat=Heartbeat(settings.worker_heartbeat_file, settings.worker_stall_seconds))
     return runtime

@@ -23,6 +23,7 @@ from scripts.run_local import (
     RestartPolicy,
     RestartState,
     Stack,
+    Watchdog,
     describe_exit,
 )
 from shared.config import Settings, child_environment
@@ -221,3 +222,31 @@ def test_make_run_serves_the_strong_model_once_trained_unless_model_path_says_ot
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "mine.h5"))
     chosen = Settings(redis_url="redis://x", database_url="sqlite://")  # type: ignore[call-arg]
     assert run_local.served_model(chosen) == tmp_path / "mine.h5"
+
+
+def test_a_child_whose_heartbeat_goes_stale_is_killed_and_restarted(
+        supervised: tuple[Stack, threading.Thread, list[str | None]], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A process that lives but makes no progress (a hung worker, a SIGSTOPped one): only the heartbeat tells.
+    stack, thread, _ = supervised
+    beat = tmp_path / "worker.heartbeat"
+    hung = stack.start("worker", SLEEPER, child_environment(), heartbeat=Watchdog(beat, stall_seconds=0.5))
+    fresh = stack.start("fresh", SLEEPER, child_environment(), heartbeat=Watchdog(tmp_path / "none", 3600))
+    caplog.set_level(logging.INFO, logger="run_local")
+    beat.touch()
+    thread.start()
+
+    assert poll_until(lambda: stack.procs["worker"].pid != hung.pid, timeout=10)
+    assert hung.returncode == -signal.SIGKILL
+    assert "worker" in caplog.text and "made no progress" in caplog.text
+    assert stack.procs["fresh"] is fresh and fresh.poll() is None  # a heartbeat younger than its limit is left alone
+
+
+def test_a_heartbeat_counts_from_the_childs_start_not_from_an_old_file(tmp_path: Path) -> None:
+    beat = tmp_path / "worker.heartbeat"
+    beat.touch()
+    os.utime(beat, (time.time() - 3600, time.time() - 3600))  # a previous run's
+    watchdog = Watchdog(beat, stall_seconds=60)
+    assert watchdog.stalled_for(lived=5) is None  # just started: loading its model
+    assert watchdog.stalled_for(lived=61) == pytest.approx(61)
+    assert Watchdog(tmp_path / "missing", stall_seconds=60).stalled_for(lived=61) == pytest.approx(61)
