@@ -41,6 +41,8 @@ $(VENV)/.installed-dev: $(PY) $(LOCKS)/dev.txt pyproject.toml
 	@# Debian's Chromium for tests/browser, unless there is one
 	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-tool.sh faketime faketime "the clock-skew test (tests/fault/test_clock_skew.py)"
+	bash scripts/ensure-tool.sh nft nftables "the network-fault tests (tests/fault/test_partitions.py)"
+	bash scripts/ensure-tool.sh ip iproute2 "the network-fault tests (tests/fault/test_partitions.py)"
 	@touch $@ $(VENV)/.installed-local
 
 $(MODEL): | $(VENV)/.installed-local

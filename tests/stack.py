@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,18 +134,20 @@ def web_only_stack(database_url: str, redis_url: str) -> Iterator[LiveStack]:
 class PrivateRedis:
     """A redis-server of the test's own (nothing on disk), so a test may restart it or lose its data."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: str = "127.0.0.1", run_in: Sequence[str] = ()) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.address = address  # another host's (tests/fault/netns.py), run there by the `run_in` prefix
+        self.url = f"redis://{address}:{self.port}/0"
         self.workdir = workdir
+        self._run_in = list(run_in)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Start the server and wait until it answers PING."""
         binary = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([*self._run_in, binary, "--port", str(self.port), "--bind", self.address,
+                                      "--protected-mode", "no", "--save", "", "--appendonly", "no",
+                                      "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
         import redis
 
         client = redis.Redis.from_url(self.url)
@@ -168,10 +170,12 @@ class PrivateRedis:
 class PrivateMariaDB:
     """A mariadbd of the test's own in a temporary data directory, so a test may stop and start it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: str = "127.0.0.1", run_in: Sequence[str] = ()) -> None:
         self.port = free_port()
+        self.address = address  # another host's (tests/fault/netns.py), run there by the `run_in` prefix
         self.datadir = workdir / "mariadb"
-        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}/digits"
+        self.url = f"mysql+pymysql://root@{address}:{self.port}/digits"
+        self._run_in = list(run_in)
         self.proc: subprocess.Popen | None = None
         self._as_root = ["--user=root"] if os.geteuid() == 0 else []
 
@@ -186,17 +190,23 @@ class PrivateMariaDB:
         # Debian keeps the server in /usr/sbin, which a non-root PATH may lack.
         binary = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin") or "mariadbd"
         self.proc = subprocess.Popen(
-            [binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--innodb-buffer-pool-size=64M",
-             *self._as_root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [*self._run_in, binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+             f"--bind-address={self.address}", f"--socket={self.datadir}/mysqld.sock", "--innodb-buffer-pool-size=64M",
+             "--skip-name-resolve", *self._as_root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"mariadbd exited with {self.proc.returncode}"
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if s.connect_ex((self.address, self.port)) == 0:
                     return
             time.sleep(0.1)
         raise AssertionError("private mariadbd did not start")
+
+    def allow_root_from_anywhere(self) -> None:
+        """Let root in without a password from other hosts too (through the local socket: no network needed)."""
+        subprocess.run(["mariadb", f"--socket={self.datadir}/mysqld.sock", "-uroot", "-e",
+                        "CREATE USER IF NOT EXISTS root@'%'; GRANT ALL ON *.* TO root@'%' WITH GRANT OPTION; "
+                        "CREATE DATABASE IF NOT EXISTS digits"], check=True, capture_output=True, timeout=30)
 
     def stop(self) -> None:
         """Shut the server down cleanly."""

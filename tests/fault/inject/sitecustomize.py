@@ -4,7 +4,8 @@ It does nothing unless a DIGITS_FAULT_* variable is set, and then only wraps fun
 - DIGITS_FAULT_KILL_MARKER: preprocessing an image whose bytes contain it SIGKILLs the process (a poison image);
 - DIGITS_FAULT_SLOW_MARKER / DIGITS_FAULT_SLOW_SECONDS: preprocessing such an image takes that long;
 - DIGITS_FAULT_KILL_BEFORE_CACHE: the process SIGKILLs itself after its MySQL commit, before its Redis write;
-- DIGITS_FAULT_TRACE_FILE: each finish (and the end of each slow preprocessing) is written there as "pid event";
+- DIGITS_FAULT_TRACE_FILE: each finish, or finish that raised (and the end of each slow preprocessing) is written
+  there as "pid event";
 - DIGITS_FAULT_KILL_AFTER_RECORD (web): a request with an Idempotency-Key that records new uploads SIGKILLs its
   process right after the key and rows are committed, before they are queued or anyone is answered. A replay of
   the key records nothing and is answered. web/ingest is patched when it is first imported, not here: a gevent
@@ -59,7 +60,11 @@ def _install(cfg: FaultSettings) -> None:
         return preprocess(data)
 
     def traced_finish(conn, claim, results, hold=None):  # type: ignore[no-untyped-def]
-        docs = finish(conn, claim, results, hold)
+        try:
+            docs = finish(conn, claim, results, hold)
+        except Exception as exc:
+            _trace(cfg, "finish-failed " + ",".join(results) + f" {type(exc).__name__}")
+            raise
         _trace(cfg, "finished " + ",".join(f"{t}={d['state']}" for t, d in docs.items()))
         return docs
 
