@@ -18,7 +18,7 @@ def queue_length(client: Redis, queue: str) -> int:
     return int(client.llen(queue))
 
 
-def make_celery(redis_url: str, queue_name: str, main: str = "digits") -> Celery:
+def make_celery(redis_url: str, queue_name: str, main: str = "digits", socket_timeout: float = 5.0) -> Celery:
     """A Celery app on Redis, configured so that an accepted task is not lost by a dying worker.
 
     No Celery result backend: tasks ignore their results and the worker caches final status documents
@@ -36,7 +36,8 @@ def make_celery(redis_url: str, queue_name: str, main: str = "digits") -> Celery
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # Redis re-delivers an unacked message after this long; it must exceed the longest task.
-        broker_transport_options={"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 5},
+        broker_transport_options={"visibility_timeout": 3600, "socket_connect_timeout": min(2.0, socket_timeout),
+                                  "socket_timeout": socket_timeout},
         task_ignore_result=True,
         # STARTED would cost a Redis write per task for a state that lasts a few milliseconds in a
         # micro-batch; the row's started_at records it.

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from shared import predictions
@@ -288,5 +289,7 @@ class RecoveryLoop:
             try:
                 if self.holds_lock():
                     self._recovery.sweep()
+            except (RedisError, OSError) as exc:  # Redis or the link to it away: expected, one line per round
+                log.warning("recovery sweep skipped: %s", exc)
             except Exception:  # the next round tries again; recovery must never kill the worker
                 log.exception("recovery sweep failed")

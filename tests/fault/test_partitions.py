@@ -148,3 +148,66 @@ def test_a_half_open_link_to_mysql_in_mid_batch_gives_up_within_a_lease(network,
         assert total["lost"] == 0 and total["duplicates"] == 0 and total["completed"] == total["accepted"]
     finally:
         stack.stop()
+
+
+def _workers(stack: NetStack) -> int:
+    return int(requests.get(f"{stack.base_url}/system", timeout=10).json()["workers"])
+
+
+def test_a_worker_cut_off_from_redis_for_a_minute_gives_back_what_it_reserved(network, tmp_path, mnist):
+    stack = _stack(network, tmp_path)
+    try:
+        cut_host, _ = stack.start_worker("wa")
+        stack.start_worker("wb")
+        sessions = make_session_factory(make_engine(stack.mysql.url))
+        load, threads = _load(stack, mnist)
+        load.wait_until_accepted(200)
+        network.cut(cut_host, stack.redis_host)
+        cut_at = time.monotonic()
+        seen = []
+        while time.monotonic() - cut_at < 60:  # the minute, /system sampled all along
+            seen.append(_workers(stack))
+            time.sleep(1)
+        network.heal(cut_host)
+        deadline = time.monotonic() + 60
+        while _workers(stack) < 2:  # it announces itself again once Redis is back
+            assert time.monotonic() < deadline, "the cut-off worker never came back on /system"
+            time.sleep(0.5)
+        back = time.monotonic() - cut_at - 60
+        _finish_load(load, threads)
+        found = books(sessions, load.accepted, timeout=90)
+        print(f"\n    /system during the cut: {min(seen)}..{max(seen)} workers; back {back:.1f} s after the heal")  # noqa: T201
+        assert min(seen) == 1 and seen[0] == 2  # dropped once its announcement ran out (15 s)
+        assert found["lost"] == 0 and found["duplicates"] == 0 and found["completed"] == found["accepted"]
+    finally:
+        stack.stop()
+
+
+def test_the_web_cut_off_from_redis_answers_503_quickly_and_finishes_what_it_accepted(network, tmp_path, mnist):
+    stack = _stack(network, tmp_path)
+    try:
+        stack.start_worker("wa")
+        sessions = make_session_factory(make_engine(stack.mysql.url))
+        load, threads = _load(stack, mnist)
+        load.wait_until_accepted(200)
+        network.cut(stack.web_host, stack.redis_host)
+        answers: list[tuple[int, float]] = []
+        for i in range(8):  # probes of the cut web: one request with ?wait=2 each
+            start = time.monotonic()
+            resp = requests.post(f"{stack.base_url}/predict?wait=2",
+                                 files={"file": (f"{i}.png", png_bytes(mnist.x_test[i]))}, timeout=60)
+            answers.append((resp.status_code, time.monotonic() - start))
+            if resp.status_code == 503:
+                assert resp.json()["error"]["code"], resp.text
+        network.heal(stack.web_host)
+        load.wait_until_accepted(len(load.accepted) + 100, timeout=60)  # serving again
+        _finish_load(load, threads)
+        found = books(sessions, load.accepted, timeout=90)
+        slowest = max(seconds for _, seconds in answers)
+        print(f"\n    during the cut: {sorted({c for c, _ in answers})}, slowest {slowest:.1f} s; "  # noqa: T201
+              f"load refused {load.refused}")
+        assert {code for code, _ in answers} <= {503, 200, 202} and 503 in {code for code, _ in answers}
+        assert slowest <= 2 + 5 and 500 not in load.refused and load.bodies_not_json == 0
+        assert found["lost"] == 0 and found["duplicates"] == 0 and found["completed"] == found["accepted"]
+    finally:
+        stack.stop()
