@@ -69,7 +69,7 @@ class Prediction(Base):
         Index("ix_predictions_finished_at", "finished_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIGINT, primary_key=True, autoincrement=True)  # 2^31 uploads is not far
     task_id: Mapped[str] = mapped_column(String(36), nullable=False)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default=State.PENDING.value, index=True)
     digit: Mapped[int | None] = mapped_column(Integer)
