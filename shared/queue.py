@@ -8,14 +8,18 @@ from typing import Any
 from celery import Celery
 from redis import Redis
 
+from shared.kombu_redis import Layout
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 
 CHUNK = 64  # task ids per message when several are enqueued at once
 
 
-def queue_length(client: Redis, queue: str) -> int:
+def queue_length(client: Redis, queue: str, layout: Layout | None = None) -> int:
     """Messages waiting on the queue (not yet reserved by a worker); a batch upload is one message."""
-    return int(client.llen(queue))
+    pipe = client.pipeline(transaction=False)
+    for key in (layout or Layout()).queue_keys(queue):  # one list per priority step
+        pipe.llen(key)
+    return sum(int(n) for n in pipe.execute())
 
 
 def make_celery(redis_url: str, queue_name: str, main: str = "digits", socket_timeout: float = 5.0) -> Celery:

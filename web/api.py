@@ -16,6 +16,7 @@ from werkzeug.datastructures import FileStorage
 from shared import deliveries, predictions, statuses
 from shared.config import Settings
 from shared.imaging import ImageLimits, ImageRejected, inspect_image
+from shared.kombu_redis import Layout
 from shared.queue import queue_length
 from shared.schema import FINAL_STATES, Prediction
 from shared.workers import live_workers
@@ -319,7 +320,7 @@ def system() -> ResponseReturnValue:
     try:
         client = db.redis_client()
         workers = live_workers(client, cfg.queue_name)
-        waiting = queue_length(client, cfg.queue_name)
+        waiting = queue_length(client, cfg.queue_name, Layout.of(db.celery().conf.broker_transport_options))
     except (RedisError, OSError) as exc:
         log.warning("system status: Redis unavailable: %s", exc)
         raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 WEB_LOCK_WAIT_SECONDS = 10
 # A broker hiccup is retried once before the upload is refused with a 503, and each try is bounded: a Redis cut
-# off (no reset) costs an upload at most 2 x (1.5 s to connect + 1.5 s for a reply) + 0.2 s, never a hang.
+# off (no reset) costs an upload at most 2 x (1 s to connect + 1 s for a reply) + 0.2 s, never a hang.
 ENQUEUE_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5}
-BROKER_SOCKET_TIMEOUT = 1.5
+BROKER_SOCKET_TIMEOUT = 1.0
 
 
 def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:

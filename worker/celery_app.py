@@ -62,6 +62,7 @@ _watchers: list[Any] = []  # this process's ModelWatcher, once warmed up
 
 def _warm_up(serve_metrics: bool) -> None:
     # Imported here: a prefork parent must never load TensorFlow (its forked children would hang).
+    from shared.kombu_redis import Layout
     from worker.metrics import MODEL
     from worker.presence import Presence
     from worker.recovery import Recovery, RecoveryLoop
@@ -81,7 +82,8 @@ def _warm_up(serve_metrics: bool) -> None:
             log.warning("worker metrics not served on port %d: %s", settings.worker_metrics_port, exc)
     recovery = Recovery(runtime.engine, runtime.redis, settings.queue_name, _enqueue,
                         settings.sweep_after_seconds, settings.max_attempts, runtime.pipeline.publish,
-                        purge=Purge.from_settings(runtime.engine, runtime.redis, settings))
+                        purge=Purge.from_settings(runtime.engine, runtime.redis, settings),
+                        layout=Layout.of(app.conf.broker_transport_options))
     RecoveryLoop(recovery, runtime.redis, settings.queue_name, runtime.name, settings.sweep_interval_seconds).start()
     presence = Presence(runtime.redis, settings.queue_name, runtime.name, runtime.predictor.version,
                         runtime.predictor.device)

@@ -20,14 +20,12 @@ at a time, under a Redis lock) does, for its own queue only:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -35,14 +33,12 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from shared import predictions
+from shared.kombu_redis import Layout, due, message_task_ids, redelivered
 from shared.schema import FINAL_STATES, State
-from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 
 log = logging.getLogger(__name__)
 
-# kombu's Redis transport keeps reserved (unacked) messages here, with their delivery times in the index.
-UNACKED_KEY = "unacked"
-UNACKED_INDEX_KEY = "unacked_index"
+DEFAULT_LAYOUT = Layout()  # kombu's defaults: no key prefix
 SUSPECTS_PER_SWEEP = 5000  # the oldest first; the rest wait for the next sweep
 # Messages read per sweep, from the consuming end (the oldest). A longer queue is still draining, so nothing
 # on it can be called lost this sweep: its tail is not read (that would move megabytes every sweep).
@@ -78,27 +74,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def message_task_ids(payload: dict[str, Any]) -> list[str]:
-    """The upload ids a kombu message carries (one for digits.predict, several for digits.predict_batch)."""
-    task = payload.get("headers", {}).get("task")
-    if task not in (PREDICT_TASK, PREDICT_BATCH_TASK):
-        return []
-    body = payload.get("body", "")
-    if payload.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args = json.loads(body)[0]
-    return [str(args[0])] if task == PREDICT_TASK else [str(t) for t in args[0]]
-
-
-def _due(payload: dict[str, Any]) -> float:
-    """When a message may run (a retry's ETA), as a Unix time; 0 when at once."""
-    eta = payload.get("headers", {}).get("eta")
-    try:
-        return datetime.fromisoformat(eta).timestamp() if eta else 0.0
-    except (TypeError, ValueError):
-        return 0.0
-
-
 @dataclass(frozen=True)
 class Held:
     """A message a worker reserved and has not acked yet."""
@@ -117,19 +92,21 @@ class Snapshot:
     complete: bool = True  # the whole queue was read: an upload found nowhere really has no message
 
     @classmethod
-    def read(cls, redis: Redis, queue: str) -> Snapshot:
+    def read(cls, redis: Redis, queue: str, layout: Layout = DEFAULT_LAYOUT) -> Snapshot:
         """One MULTI/EXEC: the queue's messages, the reserved ones, their delivery times and Redis' clock."""
         pipe = redis.pipeline(transaction=True)
-        pipe.llen(queue)
-        pipe.lrange(queue, -SCAN_LIMIT, -1)
-        pipe.hgetall(UNACKED_KEY)
-        pipe.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)
+        keys = layout.queue_keys(queue)  # one list per priority step
+        for key in keys:
+            pipe.llen(key)
+            pipe.lrange(key, -SCAN_LIMIT, -1)
+        pipe.hgetall(layout.unacked)
+        pipe.zrange(layout.unacked_index, 0, -1, withscores=True)
         pipe.time()
-        length, raw_queue, unacked, index, (seconds, micros) = pipe.execute()
+        *lists, unacked, index, (seconds, micros) = pipe.execute()
         now = seconds + micros / 1e6
         queued: set[str] = set()
-        complete = length <= SCAN_LIMIT
-        for raw in raw_queue:
+        complete = all(length <= SCAN_LIMIT for length in lists[0::2])
+        for raw in (raw for listed in lists[1::2] for raw in listed):
             try:
                 queued.update(message_task_ids(json.loads(raw)))
             except (ValueError, TypeError, KeyError, IndexError):  # not ours to read: no upload is lost for sure
@@ -145,28 +122,25 @@ def _held(unacked: dict[Any, Any], delivered: dict[str, float], queue: str, now:
         try:
             payload, _exchange, routing_key = json.loads(raw)
             if routing_key == queue:
-                since = max(delivered.get(_text(tag), now), _due(payload))
+                since = max(delivered.get(_text(tag), now), due(payload))
                 held.append(Held(_text(tag), message_task_ids(payload), now - since))
         except (ValueError, TypeError, KeyError, IndexError):
             log.warning("recovery: unreadable reserved message %s left alone", _text(tag))
     return held
 
 
-def put_back(redis: Redis, queue: str, tag: str) -> bool:
+def put_back(redis: Redis, queue: str, tag: str, layout: Layout = DEFAULT_LAYOUT) -> bool:
     """Move a reserved message back onto its queue, as kombu's restore does; False if it was acked meanwhile.
 
     It goes back under a new delivery tag, so a late ack from the worker that held it cannot remove the
     next holder's reservation.
     """
-    raw = redis.hget(UNACKED_KEY, tag)
+    raw = redis.hget(layout.unacked, tag)
     if raw is None:
         return False
-    payload = json.loads(raw)[0]
-    payload.setdefault("headers", {})["redelivered"] = True
-    properties = payload.setdefault("properties", {})
-    properties.setdefault("delivery_info", {})["redelivered"] = True
-    properties["delivery_tag"] = str(uuid.uuid4())
-    moved = redis.register_script(_PUT_BACK)(keys=[UNACKED_KEY, UNACKED_INDEX_KEY, queue],
+    payload = redelivered(json.loads(raw)[0], str(uuid.uuid4()))
+    moved = redis.register_script(_PUT_BACK)(keys=[layout.unacked, layout.unacked_index,
+                                                   layout.restore_key(payload, queue)],
                                              args=[tag, raw, json.dumps(payload)])
     return bool(moved)  # rpush: the consuming end, so it is taken next
 
@@ -185,8 +159,10 @@ class Recovery:
     """Sweeps of one queue; remembers which uploads it found without a message last time."""
 
     def __init__(self, engine: Engine, redis: Redis, queue: str, enqueue: Enqueue, after_seconds: float,
-                 max_attempts: int, publish: Callable[[Any], None], purge: Callable[[], Any] | None = None) -> None:
+                 max_attempts: int, publish: Callable[[Any], None], purge: Callable[[], Any] | None = None,
+                 layout: Layout = DEFAULT_LAYOUT) -> None:
         self._engine = engine
+        self._layout = layout  # where the broker's messages are (shared/kombu_redis.py)
         self._redis = redis
         self._queue = queue
         self._enqueue = enqueue
@@ -235,7 +211,7 @@ class Recovery:
 
     def _locate(self, suspects: set[str], result: SweepResult) -> None:
         """Find each suspect's message; put back those held too long, re-send those found nowhere twice."""
-        snapshot = Snapshot.read(self._redis, self._queue)
+        snapshot = Snapshot.read(self._redis, self._queue, self._layout)
         found = set(snapshot.queued)
         stale = [h for h in snapshot.held if h.age >= self._after and suspects.intersection(h.task_ids)]
         found.update(t for h in snapshot.held if h not in stale for t in h.task_ids)
@@ -244,7 +220,7 @@ class Recovery:
         for held in stale:
             # Only when none of its uploads is STARTED: a live claim means a live (if slow) worker has it.
             in_hand = any(current.get(t) == State.STARTED.value for t in held.task_ids)
-            if not in_hand and put_back(self._redis, self._queue, held.tag):
+            if not in_hand and put_back(self._redis, self._queue, held.tag, self._layout):
                 result.put_back.extend(t for t in held.task_ids if current.get(t) not in FINAL_STATES)
             found.update(held.task_ids)
         absent = suspects - found if snapshot.complete else set()

@@ -25,6 +25,8 @@ class Load:
     accepted: list[str] = field(default_factory=list)
     refused: dict[int, int] = field(default_factory=dict)
     bodies_not_json: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds to each answer (any status)
+    timeout: float = 15.0  # a request unanswered this long counts as refused with no answer (status 0)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def _client(self, n: int) -> None:
@@ -33,11 +35,14 @@ class Load:
         while not self.stop.is_set():
             data = self.images[i % len(self.images)]
             i += 3
+            sent = time.monotonic()
             try:
-                resp = session.post(f"{self.base_url}/predict", files={"file": (f"{i}.png", data)}, timeout=15)
+                resp = session.post(f"{self.base_url}/predict", files={"file": (f"{i}.png", data)},
+                                    timeout=self.timeout)
             except requests.RequestException:
                 self.refused[0] = self.refused.get(0, 0) + 1  # no answer at all: not accepted either
                 continue
+            self.latencies.append(time.monotonic() - sent)
             if resp.status_code == 202:
                 self.accepted.append(resp.json()["task_id"])
                 continue

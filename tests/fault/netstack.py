@@ -12,7 +12,7 @@ import requests
 from shared.config import REPO_ROOT, child_environment
 from shared.migrate import upgrade
 from tests.fault.netns import Host, Network
-from tests.stack import PrivateMariaDB, PrivateRedis, _stop
+from tests.stack import PrivateMariaDB, PrivateRedis, _stop, free_port
 
 WEB_PORT = 8000
 
@@ -20,8 +20,9 @@ WEB_PORT = 8000
 class NetStack:
     """Redis, MariaDB and the web each on a host; workers added one host each; all stopped by `stop`."""
 
-    def __init__(self, net: Network, workdir: Path, **env: str) -> None:
+    def __init__(self, net: Network, workdir: Path, link_delay: float = 0.0, **env: str) -> None:
         self.net = net
+        self.link_delay = link_delay  # > 0: web and workers reach Redis and MySQL through slow relays
         self.redis_host, self.mysql_host, self.web_host = (net.add_host(r) for r in ("redis", "mysql", "web"))
         self.redis = PrivateRedis(workdir, self.redis_host.address, self.redis_host.command([]))
         self.mysql = PrivateMariaDB(workdir, self.mysql_host.address, self.mysql_host.command([]))
@@ -31,6 +32,16 @@ class NetStack:
                                      LOG_LEVEL="INFO", RATE_LIMIT="", WORKER_METRICS_PORT="0", **env)
         self.web: subprocess.Popen | None = None
         self.workers: dict[str, tuple[Host, subprocess.Popen]] = {}
+        self.relays: list[subprocess.Popen] = []
+
+    def _slow_links(self) -> None:
+        """Relays on the test's own address that delay each way by link_delay; the services' clients use them."""
+        for name, server in (("REDIS_URL", self.redis), ("DATABASE_URL", self.mysql)):
+            port = free_port()
+            self.relays.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.fault.slowlink", f"{self.net.gateway}:{port}",
+                 f"{server.address}:{server.port}", str(self.link_delay)], cwd=REPO_ROOT))
+            self.env[name] = server.url.replace(f"{server.address}:{server.port}", f"{self.net.gateway}:{port}")
 
     def start(self) -> None:
         """Start Redis, MariaDB (migrated) and the web; wait until the web answers."""
@@ -39,6 +50,8 @@ class NetStack:
         self.mysql.start()
         self.mysql.allow_root_from_anywhere()
         upgrade(self.mysql.url)
+        if self.link_delay:
+            self._slow_links()
         self.web = subprocess.Popen(self.web_host.command(
             [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "--bind",
              f"{self.web_host.address}:{WEB_PORT}", "--workers", "1", "web:create_app()"]),
@@ -77,3 +90,5 @@ class NetStack:
             _stop(self.web, timeout=10)
         self.mysql.stop()
         self.redis.stop()
+        for relay in self.relays:
+            _stop(relay, timeout=5)

@@ -33,10 +33,10 @@ from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import func, select
 
 from shared.config import REPO_ROOT
+from shared.kombu_redis import message_task_ids
 from shared.schema import FINAL_STATES, Prediction
 from tests.helpers import png_bytes
 from tests.stack import LiveStack, MakeRun, running_stack
-from worker.recovery import message_task_ids
 
 pytestmark = pytest.mark.fault
 log = logging.getLogger(__name__)

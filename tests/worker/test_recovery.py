@@ -14,10 +14,11 @@ from sqlalchemy import select
 
 from shared import predictions
 from shared.config import Settings
+from shared.kombu_redis import Layout
 from shared.queue import enqueue, make_celery
 from shared.schema import Prediction, State, utcnow
 from shared.statuses import status_key
-from worker.recovery import UNACKED_INDEX_KEY, Recovery, RecoveryLoop, Snapshot
+from worker.recovery import Recovery, RecoveryLoop, Snapshot
 
 MAX_ATTEMPTS = 3
 AFTER = 60.0
@@ -68,7 +69,7 @@ def _reserve(producer, queue: str, held_s_ago: float) -> str:
         assert message is not None
         channel.qos.restore_at_shutdown = False  # a SIGKILLed worker restores nothing
         tag = message.delivery_tag
-    redis.Redis.from_url(producer.conf.broker_url).zadd(UNACKED_INDEX_KEY, {tag: time.time() - held_s_ago})
+    redis.Redis.from_url(producer.conf.broker_url).zadd(Layout().unacked_index, {tag: time.time() - held_s_ago})
     return tag
 
 
