@@ -27,6 +27,7 @@ class Load:
     bodies_not_json: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds to each answer (any status)
     timeout: float = 15.0  # a request unanswered this long counts as refused with no answer (status 0)
+    no_answer: dict[str, int] = field(default_factory=dict)  # why requests got no answer, by exception
     stop: threading.Event = field(default_factory=threading.Event)
 
     def _client(self, n: int) -> None:
@@ -39,8 +40,9 @@ class Load:
             try:
                 resp = session.post(f"{self.base_url}/predict", files={"file": (f"{i}.png", data)},
                                     timeout=self.timeout)
-            except requests.RequestException:
+            except requests.RequestException as exc:
                 self.refused[0] = self.refused.get(0, 0) + 1  # no answer at all: not accepted either
+                self.no_answer[type(exc).__name__] = self.no_answer.get(type(exc).__name__, 0) + 1
                 continue
             self.latencies.append(time.monotonic() - sent)
             if resp.status_code == 202:

@@ -232,8 +232,11 @@ def test_two_minutes_of_slow_lossy_links_cost_time_but_no_upload(network, tmp_pa
         found = books(sessions, load.accepted, timeout=120)
         times = sorted(load.latencies)
         p99 = times[int(0.99 * (len(times) - 1))] if times else float("nan")
-        print(f"\n    {len(times)} answers, p99 {p99:.2f} s; refused {load.refused}")  # noqa: T201
-        assert load.accepted and set(load.refused) <= {503} and load.bodies_not_json == 0
+        print(f"\n    {len(times)} answers, p99 {p99:.2f} s; refused {load.refused}, "  # noqa: T201
+              f"no answer {load.no_answer}")
+        # The service answers 202 or a documented 503; a request whose own connection the lossy link broke (the
+        # load generator's side, status 0) got no answer and was not accepted: a client retries it.
+        assert load.accepted and set(load.refused) <= {0, 503} and load.bodies_not_json == 0
         assert found["lost"] == 0 and found["duplicates"] == 0 and found["completed"] == found["accepted"]
     finally:
         stack.stop()
