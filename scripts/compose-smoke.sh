@@ -68,7 +68,7 @@ trap 'exit 130' INT TERM
 
 # Required secrets fail fast: with an empty .env, compose must refuse to render the project.
 : >"$work/empty.env"
-if env -u MYSQL_PASSWORD -u MYSQL_ROOT_PASSWORD -u FLOWER_BASIC_AUTH \
+if env -u MYSQL_PASSWORD -u MYSQL_ROOT_PASSWORD -u FLOWER_BASIC_AUTH -u OWNER_TOKEN_SECRET \
     docker compose --env-file "$work/empty.env" -f docker-compose.yml config --quiet 2>"$work/config.err"; then
   fail "compose rendered without MYSQL_PASSWORD"
 fi
@@ -155,6 +155,7 @@ cat > "$ENV_FILE" <<EOF
 MYSQL_PASSWORD=$MYSQL_PASSWORD
 MYSQL_ROOT_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 FLOWER_BASIC_AUTH=$FLOWER_AUTH
+OWNER_TOKEN_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 MNIST_DIR=$MNIST_DIR
 BASE_IMAGE=$BASE_IMAGE
 SMOKE_MYSQL_IMAGE=$SMOKE_MYSQL_IMAGE

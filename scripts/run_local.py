@@ -289,13 +289,20 @@ def served_model(settings: Settings) -> Path:
     return settings.model_path
 
 
-def webhook_secret(data_dir: Path) -> str:
-    """The secret `make run` signs webhooks with: made once and kept in the data folder, so receivers keep it."""
-    path = data_dir / "webhook_secret"
+# The secrets `make run` keeps in its data folder, by file name (the variable that overrides each, upper-cased).
+WEBHOOK_SECRET = "webhook_secret"
+OWNER_SECRET = "owner_token_secret"
+
+
+def kept_secret(data_dir: Path, name: str) -> str:
+    """A secret `make run` makes once and keeps in the data folder (0600), so a restart keeps what it protects."""
+    path = data_dir / name
     if not path.exists():
-        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        made = secrets.token_bytes(32)
+        # Webhooks are signed with a Standard Webhooks secret; the owner secret is a plain key.
+        path.write_text(("whsec_" + base64.b64encode(made).decode() if name == WEBHOOK_SECRET else made.hex()) + "\n")
         path.chmod(0o600)
-        log.info("webhooks are signed with the secret in %s (set WEBHOOK_SECRET to use your own)", path)
+        log.info("made %s (set %s to use your own)", path, name.upper())
     return path.read_text().strip()
 
 
@@ -307,7 +314,8 @@ def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_ur
     if not model_path.exists():
         raise SystemExit(f"No model at {model_path}: train it first with `make model`.")
     env = child_environment(REDIS_URL=redis_url, DATABASE_URL=database_url, MODEL_PATH=str(model_path),
-                            WEBHOOK_SECRET=local.webhook_secret or webhook_secret(local.data_dir))
+                            WEBHOOK_SECRET=local.webhook_secret or kept_secret(local.data_dir, WEBHOOK_SECRET),
+                            OWNER_TOKEN_SECRET=local.owner_token_secret or kept_secret(local.data_dir, OWNER_SECRET))
     upgrade(database_url)
     flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
     python = sys.executable

@@ -105,8 +105,12 @@ class Settings(BaseSettings):
     webhook_senders: int = Field(4, description="Webhook deliveries a worker process makes at once, apart from batches")
     admin_basic_auth: str | None = Field(
         None, description="user:password that lists every visitor's uploads on GET /predictions; unset = nobody")
+    owner_token_secret: str | None = Field(
+        None, description="Keys owner tokens (HMAC-SHA256) before they are stored: 32+ random characters. The web "
+                          "refuses to start without it; changing it orphans every owner's history")
 
-    @field_validator("image_retention_seconds", "row_retention_seconds", "webhook_secret", mode="before")
+    @field_validator("image_retention_seconds", "row_retention_seconds", "webhook_secret", "owner_token_secret",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty variable means unset (compose passes `${VAR:-}` as an empty string)."""
@@ -146,6 +150,8 @@ class LocalRunSettings(BaseSettings):
     with_flower: bool = Field(True, description="Start Flower with `make run` (the benchmark measures without too)")
     webhook_secret: str | None = Field(
         None, description="Signs webhooks; unset, `make run` makes one and keeps it in DATA_DIR/webhook_secret")
+    owner_token_secret: str | None = Field(
+        None, description="Keys owner tokens; unset, `make run` makes one and keeps it in DATA_DIR/owner_token_secret")
     data_dir: Path = Field(REPO_ROOT / "var", description="Where `make run` keeps its SQLite file and Redis")
 
 

@@ -28,3 +28,17 @@ def check_basic_auth(value: str | None, local_mode: bool, variable: str = "FLOWE
             f"{variable}'s password is the example or too weak (at least {MIN_LENGTH} characters, "
             f"e.g. `openssl rand -hex 12`){hint}")
     return value
+
+
+MIN_SECRET_LENGTH = 32
+
+
+def check_secret(value: str | None, variable: str) -> str:
+    """A server secret (a key, not a password): set, at least 32 characters, and not an example's placeholder."""
+    if not value:
+        raise CredentialsRefused(f"{variable} must be set: {MIN_SECRET_LENGTH}+ random characters, "
+                                 "e.g. `openssl rand -hex 32`")
+    if "change_me" in value.lower() or len(value) < MIN_SECRET_LENGTH:
+        raise CredentialsRefused(f"{variable} is the example or too short (at least {MIN_SECRET_LENGTH} characters, "
+                                 "e.g. `openssl rand -hex 32`)")
+    return value

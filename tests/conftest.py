@@ -17,13 +17,20 @@ from sqlalchemy.engine import make_url
 from shared.config import REPO_ROOT, Settings
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
-from tests.helpers import TestServices
+from tests.helpers import OWNER_TOKEN_SECRET, TestServices
 from web import create_app
 
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 # Fixtures that reach MariaDB, Redis, the team's MNIST copy or the trained model: a test that uses one (directly
 # or through another fixture) is marked `services` and left out of `make check`'s fast tier.
 SERVICE_FIXTURES = frozenset({"services", "database_url", "redis_url", "mnist", "trained_model"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session's web apps and the processes it starts their required owner secret (a test one)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OWNER_TOKEN_SECRET", OWNER_TOKEN_SECRET)
+    config.add_cleanup(patch.undo)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

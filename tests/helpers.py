@@ -13,6 +13,7 @@ from PIL import Image
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import REPO_ROOT
+from shared.owners import owner_key
 
 
 class TestServices(BaseSettings):
@@ -27,6 +28,16 @@ class TestServices(BaseSettings):
     # The browser tests drive this Chromium (Debian's package) and keep their screenshots here.
     chromium: Path = Path("/usr/bin/chromium")
     screenshot_dir: Path = REPO_ROOT / "var" / "screenshots"
+
+
+# The web processes a test session starts (and every Settings it builds) key owner tokens with this secret:
+# tests/conftest.py puts it in the session's environment before anything is collected.
+OWNER_TOKEN_SECRET = "test-owner-token-secret-" + "0123456789abcdef" * 2
+
+
+def stored_owner(token: str) -> str:
+    """The owner key the test session's web stores for this token."""
+    return owner_key(token, OWNER_TOKEN_SECRET)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -38,9 +38,8 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's default provider has it; the base type not
 
     # Neither of these connects now: the engine's pool and Celery's producer connect on first use.
-    # Status reads of unfinished uploads and the ingest runner's INSERTs go to MySQL: keep enough connections
-    # for a gevent process's concurrent reads, since each new one costs a TLS handshake attempt (PyMySQL's
-    # default) and an overflow connection is closed when it is given back; more wait for one in the pool.
+    # Status reads of unfinished uploads and the ingest's INSERTs go to MySQL: enough connections for a gevent
+    # process's concurrent reads (a new one costs a TLS handshake attempt, an overflow one is closed after use).
     # A repeat of an Idempotency-Key waits on the first request's row lock: 10 s, not MySQL's 50, before its 409
     # (the web's own transactions hold locks for milliseconds).
     engine = make_service_engine(settings, lock_wait_seconds=WEB_LOCK_WAIT_SECONDS, pool_size=16, max_overflow=16)
@@ -59,6 +58,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         ingest=Ingest(engine, producer, settings.queue_name, ENQUEUE_RETRY_POLICY,
                       max_wait=settings.ingest_max_wait_ms / 1000),
         operators=owner.operator_credentials(settings.admin_basic_auth),
+        owners=owner.OwnerKeys(owner.owner_secret(settings.owner_token_secret), engine),
     )
 
     from web import api, errors, headers, health, limits, metrics, openapi, pages, tasks

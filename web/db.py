@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from flask import current_app, g
@@ -13,6 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from web.ingest import Ingest
 from web.results import ResultWaiter
+
+if TYPE_CHECKING:  # web/owner.py reads its keys from here
+    from web.owner import OwnerKeys
 
 EXTENSION = "digits"
 
@@ -29,6 +33,7 @@ class Deps:
     results: ResultWaiter  # the process's listener for published results (long polls wait on it)
     ingest: Ingest  # records and enqueues concurrent uploads together
     operators: str | None  # ADMIN_BASIC_AUTH, when set and strong enough to list everyone's uploads
+    owners: OwnerKeys  # owner tokens to the keys rows are stored under
 
 
 def deps() -> Deps:
@@ -65,6 +70,11 @@ def ingest() -> Ingest:
 def operator_credentials() -> str | None:
     """ADMIN_BASIC_AUTH, when it is set and strong enough to list everyone's uploads."""
     return deps().operators
+
+
+def owner_keys() -> OwnerKeys:
+    """The process's owner keys (HMACs of owner tokens under OWNER_TOKEN_SECRET)."""
+    return deps().owners
 
 
 def engine() -> Engine:

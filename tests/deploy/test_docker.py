@@ -27,7 +27,7 @@ COMPOSE_SMOKE = REPO_ROOT / "docker-compose.smoke.yml"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
 K8S_REDIS = REPO_ROOT / "k8s" / "base" / "redis.yaml"
 # Variables that carry secrets: compose must take them from .env and refuse to start without them.
-SECRET_VARS = ("MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "FLOWER_BASIC_AUTH")
+SECRET_VARS = ("MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "FLOWER_BASIC_AUTH", "OWNER_TOKEN_SECRET")
 LONG_RUNNING = ("mysql", "redis", "web", "worker", "flower")
 
 
@@ -254,6 +254,7 @@ def test_web_and_flower(services: dict[str, Any]) -> None:
     web = services["web"]
     assert web["ports"] == ["${WEB_PORT:-80}:80"]
     assert "/readyz" in " ".join(web["healthcheck"]["test"])
+    assert web["environment"]["OWNER_TOKEN_SECRET"].startswith("${OWNER_TOKEN_SECRET:?")  # the web refuses without
     flower = services["flower"]
     assert flower["command"] == ["python", "-m", "worker.flower", "--port=5555"]  # refuses weak passwords
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")

@@ -585,7 +585,8 @@ def test_the_secret_example_holds_placeholders_only_and_is_never_applied() -> No
     assert secret["stringData"] and "data" not in secret
     for key, value in secret["stringData"].items():
         assert PLACEHOLDER in value, key
-    assert {"MYSQL_ROOT_PASSWORD", "MYSQL_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH"} <= set(secret["stringData"])
+    assert {"MYSQL_ROOT_PASSWORD", "MYSQL_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH",
+            "OWNER_TOKEN_SECRET"} <= set(secret["stringData"])
     for kustomization in K8S.rglob("kustomization.yaml"):
         assert SECRET_EXAMPLE.name not in yaml.safe_dump(yaml.safe_load(kustomization.read_text()))
     result = _validate(SECRET_EXAMPLE.read_text())
@@ -631,6 +632,9 @@ def test_the_app_uses_its_own_mysql_user(render) -> None:
         url = _env_value(c, "DATABASE_URL")
         assert url == "mysql+pymysql://$(MYSQL_USER):$(MYSQL_PASSWORD)@$(MYSQL_HOST):3306/$(MYSQL_DATABASE)"
         assert _env_value(c, "REDIS_URL") == "redis://:$(REDIS_PASSWORD)@$(REDIS_HOST):6379/0"
+    (web,) = _pod_spec(_one(docs, "Deployment", "digits-web"))["containers"]
+    owner_secret = next(i for i in web["env"] if i["name"] == "OWNER_TOKEN_SECRET")["valueFrom"]["secretKeyRef"]
+    assert owner_secret == {"name": SECRET_NAME, "key": "OWNER_TOKEN_SECRET"}  # required: not `optional`
     # Flower needs no database: test_flower_gets_only_what_it_needs.
     (flower,) = _pod_spec(_one(docs, "Deployment", "digits-flower"))["containers"]
     assert _env_value(flower, "REDIS_URL") == "redis://:$(REDIS_PASSWORD)@$(REDIS_HOST):6379/0"

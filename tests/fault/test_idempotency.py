@@ -18,9 +18,8 @@ from sqlalchemy import select
 
 from shared.config import REPO_ROOT
 from shared.schema import Prediction
-from tests.helpers import eventually, png_bytes
+from tests.helpers import eventually, png_bytes, stored_owner
 from tests.stack import LiveStack
-from web.owner import owner_key
 
 pytestmark = pytest.mark.fault
 
@@ -29,7 +28,7 @@ INJECT = Path(__file__).parent / "inject"
 
 def _rows(db_sessions, token: str) -> list[Prediction]:
     with db_sessions() as s:
-        return list(s.scalars(select(Prediction).where(Prediction.owner == owner_key(token))))
+        return list(s.scalars(select(Prediction).where(Prediction.owner == stored_owner(token))))
 
 
 def test_a_web_killed_between_recording_and_answering_makes_no_duplicate(database_url, redis_url, db_sessions,

@@ -16,9 +16,8 @@ from sqlalchemy import select
 
 from scripts import cli
 from shared.schema import Prediction
-from tests.helpers import png_bytes
+from tests.helpers import png_bytes, stored_owner
 from tests.stack import LiveStack, web_only_stack
-from web.owner import owner_key
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def _token() -> str:
 
 def _owned(db_sessions, token: str) -> list[Prediction]:
     with db_sessions() as s:
-        return list(s.scalars(select(Prediction).where(Prediction.owner == owner_key(token))))
+        return list(s.scalars(select(Prediction).where(Prediction.owner == stored_owner(token))))
 
 
 def test_an_upload_whose_answer_is_lost_is_sent_again_and_recorded_once(live, db_engine, db_sessions, mnist):

@@ -27,6 +27,7 @@ from scripts.run_local import (
     describe_exit,
 )
 from shared.config import Settings, child_environment
+from shared.credentials import check_secret
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 CRASHER = [sys.executable, "-c", "raise SystemExit(3)"]
@@ -250,3 +251,15 @@ def test_a_heartbeat_counts_from_the_childs_start_not_from_an_old_file(tmp_path:
     assert watchdog.stalled_for(lived=5) is None  # just started: loading its model
     assert watchdog.stalled_for(lived=61) == pytest.approx(61)
     assert Watchdog(tmp_path / "missing", stall_seconds=60).stalled_for(lived=61) == pytest.approx(61)
+
+
+def test_make_run_keeps_its_secrets_in_the_data_folder(tmp_path: Path) -> None:
+    webhook = run_local.kept_secret(tmp_path, run_local.WEBHOOK_SECRET)
+    owner = run_local.kept_secret(tmp_path, run_local.OWNER_SECRET)
+    assert webhook.startswith("whsec_") and len(owner) == 64 and int(owner, 16) >= 0
+    assert check_secret(owner, "OWNER_TOKEN_SECRET") == owner
+    for name in (run_local.WEBHOOK_SECRET, run_local.OWNER_SECRET):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    # A restart reads the same ones: receivers keep verifying, visitors keep their history.
+    assert run_local.kept_secret(tmp_path, run_local.WEBHOOK_SECRET) == webhook
+    assert run_local.kept_secret(tmp_path, run_local.OWNER_SECRET) == owner

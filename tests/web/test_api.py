@@ -15,9 +15,8 @@ from sqlalchemy import select
 from shared.config import Settings
 from shared.schema import Prediction, State
 from shared.workers import announce_worker, withdraw_worker
-from tests.helpers import png_bytes
+from tests.helpers import png_bytes, stored_owner
 from web import create_app
-from web.owner import owner_key
 
 
 def _post(client, *files: tuple[bytes, str]):
@@ -267,7 +266,7 @@ def test_a_visitor_gets_an_owner_cookie_and_another_client_never_sees_their_uplo
         "items": [], "page": 1, "per_page": 20, "total": 0}
     token = client.get_cookie("digits_owner").value
     with db_sessions() as s:
-        assert s.scalars(select(Prediction.owner).where(Prediction.task_id == mine)).one() == owner_key(token)
+        assert s.scalars(select(Prediction.owner).where(Prediction.task_id == mine)).one() == stored_owner(token)
     # The unguessable task id stays readable by whoever holds it.
     assert stranger.get(f"/tasks/{mine}").status_code == 200
 

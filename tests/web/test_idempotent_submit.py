@@ -18,10 +18,9 @@ from shared import idempotency, predictions
 from shared.config import Settings
 from shared.queue import queue_length
 from shared.schema import IdempotencyKey, Prediction
-from tests.helpers import eventually, png_bytes
+from tests.helpers import eventually, png_bytes, stored_owner
 from tests.stack import web_only_stack
 from web import create_app
-from web.owner import owner_key
 
 SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="  # base64 of 26 bytes: a valid signing secret
 
@@ -39,13 +38,13 @@ def _post(client, images: list[bytes], token: str | None, key: str | None, query
 
 def _rows(db_sessions, token: str) -> list[Prediction]:
     with db_sessions() as s:
-        return list(s.scalars(select(Prediction).where(Prediction.owner == owner_key(token))))
+        return list(s.scalars(select(Prediction).where(Prediction.owner == stored_owner(token))))
 
 
 def _keys(db_sessions, token: str) -> int:
     with db_sessions() as s:
         return s.scalar(select(func.count()).select_from(IdempotencyKey)
-                        .where(IdempotencyKey.owner == owner_key(token))) or 0
+                        .where(IdempotencyKey.owner == stored_owner(token))) or 0
 
 
 def _queue(settings: Settings) -> int:
@@ -182,11 +181,11 @@ def test_when_the_queue_is_away_a_keyed_upload_is_kept_for_recovery_and_its_retr
 def _hold_key(db_engine, token: str, key: str, image: bytes):
     """A transaction that recorded the key and its upload, as a first request does, and has not committed yet."""
     upload = predictions.NewUpload(data=image, filename="d0.png", content_type="image/png", width=28, height=28,
-                                   owner=owner_key(token))
+                                   owner=stored_owner(token))
     fingerprint = idempotency.fingerprint([("d0.png", image)], [("webhook", None), ("webhook_events", None)])
     conn = db_engine.connect()
     tx = conn.begin()
-    idempotency.claim_all(conn, [idempotency.Claimed(owner_key(token), key, fingerprint, [upload.task_id])], 3600)
+    idempotency.claim_all(conn, [idempotency.Claimed(stored_owner(token), key, fingerprint, [upload.task_id])], 3600)
     predictions.record(conn, [upload], "held")
     return conn, tx, upload.task_id
 

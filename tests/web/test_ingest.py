@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from shared.config import Settings
 from shared.schema import Prediction
-from tests.helpers import png_bytes
+from tests.helpers import png_bytes, stored_owner
 from web import create_app
-from web.owner import COOKIE, owner_key
+from web.owner import COOKIE
 
 # Wide enough that every thread of a test lands in one group on a loaded CI machine; what is checked is
 # how uploads are grouped, never how long anything took.
@@ -69,7 +69,7 @@ def test_concurrent_uploads_share_one_insert_and_one_message_each_keeping_its_ow
     with db_sessions() as s:
         rows = {r.task_id: r for r in s.scalars(select(Prediction).where(Prediction.task_id.in_(ids)))}
     # Each row belongs to the visitor who sent it, although one statement wrote them all.
-    assert {t: rows[t].owner for t in ids} == {body["task_id"]: owner_key(cookie) for _, body, cookie in answers}
+    assert {t: rows[t].owner for t in ids} == {body["task_id"]: stored_owner(cookie) for _, body, cookie in answers}
     assert len({r.created_at for r in rows.values()}) < 6
 
 

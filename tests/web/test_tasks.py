@@ -18,10 +18,9 @@ from sqlalchemy import func, select
 from shared import predictions, retention, statuses
 from shared.config import Settings
 from shared.schema import IdempotencyKey, Prediction, State
-from tests.helpers import png_bytes
+from tests.helpers import png_bytes, stored_owner
 from web import create_app
 from web.metrics import CANCELED
-from web.owner import owner_key
 
 OPERATOR = "ops:a-long-operator-password"
 RESULT = {"state": State.SUCCESS.value, "digit": 7, "confidence": 0.9, "probabilities": [0.01] * 9 + [0.91],
@@ -207,8 +206,8 @@ def test_erasure_removes_all_of_one_owners_uploads_and_keys_and_nobody_elses(app
     assert all(client.get(f"/tasks/{t}").status_code == 404 for t in my_ids)
     with db_engine.connect() as conn:
         owners = conn.scalars(select(IdempotencyKey.owner).where(
-            IdempotencyKey.owner.in_([owner_key(mine), owner_key(theirs)]))).all()
-        assert owners == [owner_key(theirs)]  # my keys went with my uploads
+            IdempotencyKey.owner.in_([stored_owner(mine), stored_owner(theirs)]))).all()
+        assert owners == [stored_owner(theirs)]  # my keys went with my uploads
     # The same key makes a new upload now; nothing to erase is fine too.
     assert _upload(app, mine, image, key="k0") not in my_ids
     assert client.delete("/predictions", headers=_mine(_token())).status_code == 204
@@ -218,11 +217,11 @@ def test_erasure_removes_all_of_one_owners_uploads_and_keys_and_nobody_elses(app
 def test_erasure_works_through_more_uploads_than_one_batch(app, db_engine):
     token = _token()
     uploads = [predictions.NewUpload(data=b"png", filename=None, content_type="image/png", width=28, height=28,
-                                     owner=owner_key(token)) for _ in range(retention.BATCH + 5)]
+                                     owner=stored_owner(token)) for _ in range(retention.BATCH + 5)]
     with db_engine.begin() as conn:
         predictions.record(conn, uploads, "erasure-test")
 
     assert app.test_client().delete("/predictions", headers=_mine(token)).status_code == 204
     with db_engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Prediction)
-                           .where(Prediction.owner == owner_key(token))) == 0
+                           .where(Prediction.owner == stored_owner(token))) == 0
