@@ -17,7 +17,7 @@ from tests.fault.load import Load, books
 from tests.fault.netns import Network, unavailable_reason
 from tests.fault.netstack import NetStack
 from tests.fault.test_lifecycle import fault_env, marked_png, upload
-from tests.helpers import png_bytes
+from tests.helpers import eventually, png_bytes
 
 pytestmark = pytest.mark.fault
 LEASE = 4  # SWEEP_AFTER_SECONDS: short, so a partition of twice the lease fits in a test
@@ -65,7 +65,8 @@ def _claimed_by(sessions, stack: NetStack, pid: int, mnist, timeout: float = 30)
 
 
 def _late_write(trace: Path, pid: int, task_id: str) -> str | None:
-    """How the worker's finish of this upload ended, from the fault hooks' trace: fenced, failed, or not yet."""
+    """How the worker's finish of this upload ended, from the fault hooks' trace: committed (where the claim no longer
+    holds, fenced), failed, or not yet."""
     for line in trace.read_text().splitlines() if trace.exists() else []:
         if line.startswith(f"{pid} finished ") and task_id in line:
             return "fenced"
@@ -96,17 +97,20 @@ def test_a_worker_cut_off_from_mysql_for_two_leases_is_fenced_when_the_link_heal
         slow = _claimed_by(sessions, stack, cut.pid, mnist)
         network.cut(cut_host, stack.mysql_host)  # right after its claim, while it reads the image
         cut_at = time.monotonic()
-        time.sleep(2 * LEASE)
+        # The other worker answers while the link is still cut: what the late write must not change afterwards.
+        assert eventually(lambda: _row(sessions, slow).state == "SUCCESS", timeout=30)
+        answer = _row(sessions, slow)
+        time.sleep(max(0.0, cut_at + 2 * LEASE - time.monotonic()))  # the partition lasts twice the lease
         network.heal(cut_host)
         _finish_load(load, threads)
 
         found = books(sessions, load.accepted + [slow], timeout=60)
-        answer = _row(sessions, slow)
-        print(f"\n    slow upload finished by {answer.worker}, deliveries {answer.deliveries}")  # noqa: T201
+        print(f"\n    slow upload finished by {answer.worker}, deliveries {answer.deliveries}, "  # noqa: T201
+              f"{answer.finished_at} (before the heal)")
         assert found["lost"] == 0 and found["duplicates"] == 0 and found["completed"] == found["accepted"]
         assert answer.state == "SUCCESS" and not answer.worker.endswith(f":{cut.pid}") and answer.deliveries == 2
-        # The cut-off worker's write, held up by the partition, is tried after the heal: it reaches MySQL and is
-        # fenced (its claim is gone), or finds that the server ended its silent session; either way nothing changes.
+        # The cut-off worker's write, held up by the partition, is tried after the heal: it commits and is fenced
+        # (its claim is gone), or finds that the server ended its silent session; either way nothing changes.
         deadline = time.monotonic() + 60
         while (late := _late_write(trace, cut.pid, slow)) is None:
             assert time.monotonic() < deadline, "the cut-off worker never tried to finish its batch"
@@ -155,6 +159,9 @@ def _workers(stack: NetStack) -> int:
 
 
 def test_a_worker_cut_off_from_redis_for_a_minute_gives_back_what_it_reserved(network, tmp_path, mnist):
+    # What the cut worker holds it still finishes (MySQL is reachable); what the cut takes from everyone is the
+    # messages Redis handed out in replies that never arrived: in no list, no unacked hash and no worker's hands.
+    # Recovery re-sends those once two sweeps found them nowhere (without it, a dozen uploads a run stay PENDING).
     stack = _stack(network, tmp_path)
     try:
         cut_host, _ = stack.start_worker("wa")

@@ -4,8 +4,8 @@ It does nothing unless a DIGITS_FAULT_* variable is set, and then only wraps fun
 - DIGITS_FAULT_KILL_MARKER: preprocessing an image whose bytes contain it SIGKILLs the process (a poison image);
 - DIGITS_FAULT_SLOW_MARKER / DIGITS_FAULT_SLOW_SECONDS: preprocessing such an image takes that long;
 - DIGITS_FAULT_KILL_BEFORE_CACHE: the process SIGKILLs itself after its MySQL commit, before its Redis write;
-- DIGITS_FAULT_TRACE_FILE: each finish, or finish that raised (and the end of each slow preprocessing) is written
-  there as "pid event";
+- DIGITS_FAULT_TRACE_FILE: each batch's finish once its transaction committed, or a finish that raised (and the end
+  of each slow preprocessing) is written there as "pid event";
 - DIGITS_FAULT_KILL_AFTER_RECORD (web): a request with an Idempotency-Key that records new uploads SIGKILLs its
   process right after the key and rows are committed, before they are queued or anyone is answered. A replay of
   the key records nothing and is answered. web/ingest is patched when it is first imported, not here: a gevent
@@ -47,9 +47,9 @@ def _trace(cfg: FaultSettings, event: str) -> None:
 
 
 def _install(cfg: FaultSettings) -> None:
-    from shared import predictions, preprocessing, statuses
+    from shared import preprocessing, statuses
 
-    preprocess, finish, cache_final = preprocessing.preprocess, predictions.finish, statuses.cache_final
+    preprocess, cache_final = preprocessing.preprocess, statuses.cache_final
 
     def faulty_preprocess(data: bytes):  # type: ignore[no-untyped-def]
         if cfg.kill_marker and cfg.kill_marker.encode() in data:
@@ -59,22 +59,13 @@ def _install(cfg: FaultSettings) -> None:
             _trace(cfg, "slept")
         return preprocess(data)
 
-    def traced_finish(conn, claim, results, hold=None):  # type: ignore[no-untyped-def]
-        try:
-            docs = finish(conn, claim, results, hold)
-        except Exception as exc:
-            _trace(cfg, "finish-failed " + ",".join(results) + f" {type(exc).__name__}")
-            raise
-        _trace(cfg, "finished " + ",".join(f"{t}={d['state']}" for t, d in docs.items()))
-        return docs
-
     def dying_cache_final(client, docs, ttl_seconds):  # type: ignore[no-untyped-def]
         if cfg.kill_before_cache:
             os.kill(os.getpid(), signal.SIGKILL)
         return cache_final(client, docs, ttl_seconds)
 
     preprocessing.preprocess = faulty_preprocess
-    predictions.finish, statuses.cache_final = traced_finish, dying_cache_final
+    statuses.cache_final = dying_cache_final
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
@@ -104,6 +95,25 @@ def _then(run: Callable[[ModuleType], None], patch: Callable[[ModuleType], None]
     return run_and_patch
 
 
+def _trace_finishes(pipeline: ModuleType) -> None:
+    """Trace each batch's finish once its transaction has ended: committed ("finished") or not ("finish-failed").
+
+    A trace written inside the transaction would race the test reading the row against the commit.
+    """
+    finish = pipeline.Pipeline._finish
+
+    def traced_finish(self, claim, results):  # type: ignore[no-untyped-def]
+        try:
+            docs, hold = finish(self, claim, results)
+        except Exception as exc:
+            _trace(_settings, "finish-failed " + ",".join(results) + f" {type(exc).__name__}")
+            raise
+        _trace(_settings, "finished " + ",".join(f"{t}={d['state']}" for t, d in docs.items()))
+        return docs, hold
+
+    pipeline.Pipeline._finish = traced_finish
+
+
 def _kill_after_keyed_record(ingest: ModuleType) -> None:
     record = ingest.Ingest.record
 
@@ -119,5 +129,7 @@ def _kill_after_keyed_record(ingest: ModuleType) -> None:
 _settings = FaultSettings()
 if _settings.kill_marker or _settings.slow_marker or _settings.kill_before_cache or _settings.trace_file:
     _install(_settings)
+if _settings.trace_file:
+    sys.meta_path.insert(0, _AfterImport("worker.pipeline", _trace_finishes))
 if _settings.kill_after_record:
     sys.meta_path.insert(0, _AfterImport("web.ingest", _kill_after_keyed_record))
