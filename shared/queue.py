@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 from redis import Redis
 
 from shared.kombu_redis import Layout
@@ -55,14 +57,38 @@ def make_celery(redis_url: str, queue_name: str, main: str = "digits", socket_ti
     return app
 
 
+class ChannelLost(KombuOperationalError):
+    """kombu closed the channel a publish was using while that publish retried: the broker link broke mid-way."""
+
+
 def enqueue(producer: Celery, queue: str, task_ids: Sequence[str], retry_policy: Mapping[str, Any] | None = None
             ) -> None:
-    """Put uploads on the queue: one upload as its own task (its id is the task's), several as batch messages."""
+    """Put uploads on the queue: one upload as its own task (its id is the task's), several as batch messages.
+
+    A broken link raises kombu's OperationalError (ChannelLost included), never anything a caller cannot expect.
+    """
     options: dict[str, Any] = {"queue": queue}
     if retry_policy is not None:
         options |= {"retry": True, "retry_policy": dict(retry_policy)}
-    if len(task_ids) == 1:
-        producer.send_task(PREDICT_TASK, args=[task_ids[0]], task_id=task_ids[0], **options)
-        return
-    for start in range(0, len(task_ids), CHUNK):
-        producer.send_task(PREDICT_BATCH_TASK, args=[list(task_ids[start:start + CHUNK])], **options)
+    try:
+        if len(task_ids) == 1:
+            producer.send_task(PREDICT_TASK, args=[task_ids[0]], task_id=task_ids[0], **options)
+            return
+        for start in range(0, len(task_ids), CHUNK):
+            producer.send_task(PREDICT_BATCH_TASK, args=[list(task_ids[start:start + CHUNK])], **options)
+    except AttributeError as exc:
+        # kombu 5.7: a retrying publish first declares the queue with its own retry; when that declare hits a
+        # broken link, it reconnects and closes every channel of the connection, including the one the outer
+        # publish then writes on (kombu#2275): `'NoneType' object has no attribute 'client'`. The producer goes
+        # back to the pool without a channel and gets a fresh one; this upload is refused like any broker error.
+        if not _raised_in_kombu(exc):
+            raise
+        raise ChannelLost(f"the broker link broke during a publish ({exc})") from exc
+
+
+def _raised_in_kombu(exc: BaseException) -> bool:
+    """Whether the innermost frame of the exception's traceback is kombu's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "kombu" in Path(tb.tb_frame.f_code.co_filename).parts
