@@ -4,8 +4,8 @@
                                    [--user-style 2000] [--seed 2024]
                                    [--other-writers 2000] [--other-seed 1130]
 
-Every image goes the way an upload does: encoded (PNG for MNIST, tests/userstyle.py's renderings
-for the user-style set, tests/otherwriters.py's low-resolution scans for the other-writers set; all
+Every image goes the way an upload does: encoded (PNG for MNIST, evaluation/userstyle.py's renderings
+for the user-style set, evaluation/otherwriters.py's low-resolution scans for the other-writers set; all
 from the MNIST test split), through ``shared.preprocessing.preprocess``, then ``worker.model.Predictor``
 (which applies the model's own input normalisation, e.g. deskewing, from its metadata). The preprocessing
 is done once and shared by all models, so they are scored on identical inputs.
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation import otherwriters
+from evaluation.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
 from shared.config import REPO_ROOT, STRONG_MODEL_PATH, quiet_tensorflow_logs
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
-from tests import otherwriters
-from tests.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
 from training.mnist_data import load_idx_dir
 
 log = logging.getLogger("bench.compare_models")

@@ -2,7 +2,7 @@
 
     python -m bench.retention [--uploads 5000] [--seed 0] [--json PATH]
 
-Records photo-style uploads (tests/userstyle.py's PNG and JPEG photos, scans and drawings of MNIST digits) the
+Records photo-style uploads (evaluation/userstyle.py's PNG and JPEG photos, scans and drawings of MNIST digits) the
 way the web does (shared/predictions.record), finishes them the way a worker does (claim, then finish with a
 prediction), and reads the predictions table's size from information_schema (data + indexes, after ANALYZE
 TABLE). Then worker.retention's Purge removes every image, and the size is read again in place (InnoDB keeps the

@@ -24,7 +24,7 @@ def load_samples(mnist_dir: Path, count: int) -> list[Sample]:
 
 def load_photo_samples(mnist_dir: Path, count: int, seed: int) -> list[Sample]:
     """`count` user-style uploads (PNG and JPEG photos, scans, drawings) of MNIST test digits, with labels."""
-    from tests.userstyle import user_style_set
+    from evaluation.userstyle import user_style_set
 
     mnist = load_idx_dir(mnist_dir)
     # bench.load's multipart says image/png for every file; that is fine: the web sniffs the bytes.

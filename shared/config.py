@@ -6,9 +6,12 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE, ImageLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    redis_url: str = Field(description="Celery broker and result backend, e.g. redis://127.0.0.1:6379/0")
+    redis_url: str = Field(description="Celery broker and status cache, e.g. redis://127.0.0.1:6379/0")
     database_url: str = Field(description="SQLAlchemy URL, e.g. mysql+pymysql://digits:secret@127.0.0.1/digits")
     model_path: Path = Field(REPO_ROOT / "models" / "mnist_model.h5", description="Trained Keras .h5 model")
 
@@ -35,9 +38,9 @@ class Settings(BaseSettings):
                          "Under gthread workers it holds a thread: keep it below --threads")
     ingest_max_wait_ms: float = Field(
         2.0, description="Longest an upload waits for concurrent ones to share its INSERT and queue message")
-    max_image_pixels: int = Field(40_000_000, description="Largest accepted width x height")
-    max_image_side: int = Field(12_000, description="Longest accepted side, in pixels")
-    min_image_side: int = Field(8, description="Shortest accepted side, in pixels")
+    max_image_pixels: int = Field(MAX_PIXELS, description="Largest accepted width x height")
+    max_image_side: int = Field(MAX_SIDE, description="Longest accepted side, in pixels")
+    min_image_side: int = Field(MIN_SIDE, description="Shortest accepted side, in pixels")
 
     rate_limit: str = Field("120/minute", description="Uploads per client on POST /predict; empty = no limit")
     trusted_proxies: int = Field(0, description="Reverse proxies in front of the web whose X-Forwarded-For to trust")
@@ -45,7 +48,7 @@ class Settings(BaseSettings):
     # Redis only caches final answers for the pollers (MySQL keeps every result): a few minutes is what the
     # page and clients need, and it bounds Redis' memory to about rate x TTL x 0.5 KB.
     result_ttl_seconds: int = Field(300, description="How long Redis caches a final status document, in seconds")
-    worker_inference: str = Field(
+    worker_inference: Literal["auto", "onnx", "tensorflow"] = Field(
         "auto", description="Model engine: auto (ONNX Runtime on a CPU, TensorFlow where a GPU is), onnx, or "
                             "tensorflow (GPU workers)")
     worker_tf_threads: int = Field(
@@ -62,7 +65,8 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where a worker writes the ONNX form of a .h5 that came without one (by the .h5's hash); "
                           "empty = beside the model")
-    worker_pool: str = Field("threads", description="Celery pool: threads (micro-batched) or prefork")
+    worker_pool: Literal["threads", "prefork"] = Field(
+        "threads", description="Celery pool: threads (micro-batched) or prefork")
     worker_concurrency: int = Field(32, description="Task threads per worker process (uploads in flight)")
     worker_prefetch_multiplier: int = Field(4, description="Messages reserved per task thread")
     batch_max_size: int = Field(128, description="Most uploads in one model call and one database write")
@@ -70,7 +74,8 @@ class Settings(BaseSettings):
     batch_runners: int = Field(
         2, description="Batches a worker process runs at once: while one waits on MySQL, the next is computed")
     log_level: str = Field("INFO", description="Python logging level")
-    log_format: str = Field("text", description="text (readable) or json (one object per line, with task ids)")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (readable) or json (one object per line, with task ids)")
     prometheus_multiproc_dir: Path | None = Field(
         None, description="Shared folder for gunicorn workers' metrics (prometheus_client reads it too)")
     worker_metrics_port: int = Field(9808, description="Port of a worker's /metrics; 0 = none")
@@ -129,6 +134,12 @@ class Settings(BaseSettings):
         locked for MySQL's default eight hours, and every other worker would queue behind them.
         """
         return max(10, math.ceil(self.sweep_after_seconds))
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE and MIN_IMAGE_SIDE: what the web accepts and the worker decodes."""
+        return ImageLimits(max_pixels=self.max_image_pixels, max_side=self.max_image_side,
+                           min_side=self.min_image_side)
 
     @property
     def max_request_bytes(self) -> int:

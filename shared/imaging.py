@@ -19,6 +19,8 @@ from typing import cast
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from shared.limits import DEFAULT_LIMITS, ImageLimits
+
 log = logging.getLogger(__name__)
 
 # Formats accepted for upload (PIL's names). MPO is what PIL calls the JPEGs many phones write
@@ -26,9 +28,6 @@ log = logging.getLogger(__name__)
 ALLOWED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP", "WEBP", "TIFF"})
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 
-MIN_SIDE = 8  # px: below this there is no room for a digit
-MAX_SIDE = 12_000  # px: larger than any phone camera
-MAX_PIXELS = 40_000_000  # 40 MP: about 160 MB decoded as RGBA, the most one upload may cost
 
 # Working resolution: the digit ends up 20 px tall, so analysing a larger picture buys nothing
 # but time. Images are box-reduced (area averaging) until their long side is at most this.
@@ -37,10 +36,6 @@ WORK_SIDE = 384
 # the worker's preprocessing (shared/preprocessing.py) would accept: grey levels (box-reduced)
 # spanning less than this fraction of the brightest level.
 _BLANK_SPAN = 0.04
-
-# Anti-aliasing filter for fitting the digit into its 20 px box (PIL's filters all area-average
-# when reducing; BOX is plain area averaging, the closest to how MNIST was made).
-_DOWNSCALE_FILTER = Image.Resampling.BOX
 
 
 class ImageRejected(ValueError):
@@ -51,14 +46,6 @@ class ImageRejected(ValueError):
         self.code = code
         self.message = message
 
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Bounds on an upload's declared dimensions, checked before any pixel is decoded."""
-
-    max_pixels: int = MAX_PIXELS
-    max_side: int = MAX_SIDE
-    min_side: int = MIN_SIDE
 
 
 @dataclass(frozen=True)
@@ -71,8 +58,6 @@ class ImageInfo:
     mode: str
     frames: int
 
-
-_DEFAULT_LIMITS = ImageLimits()
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -233,7 +218,7 @@ def _as_array(gray: Image.Image) -> np.ndarray:
     return arr if gray.mode == "F" else arr * np.float32(1 / 255)
 
 
-def inspect_image(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageInfo:
+def inspect_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> ImageInfo:
     """Validate an upload cheaply (format, size, decodability, not blank); ImageRejected if unusable."""
     img, info = _open(data, limits, draft_side=64)
     try:
@@ -253,7 +238,7 @@ def inspect_image(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageIn
     return info
 
 
-def load_grayscale(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> np.ndarray:
+def load_grayscale(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode the first frame to grey float32 in [0, 1] (0 = black), upright, alpha on white, reduced."""
     img, _ = _open(data, limits, draft_side=WORK_SIDE)
     try:

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from shared.background import fit_background, ink_map, noise_sigma, reduce_to
-from shared.imaging import _DEFAULT_LIMITS, ImageLimits, ImageRejected, load_grayscale
+from shared.imaging import ImageRejected, load_grayscale
+from shared.limits import DEFAULT_LIMITS, ImageLimits
 from shared.ranks import kth_largest, kth_smallest, median
 
 # The background is fitted on an even smaller copy: it is smooth by definition.
@@ -60,7 +61,7 @@ _DOWNSCALE_FILTER = Image.Resampling.BOX
 
 
 
-def preprocess(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> np.ndarray:
+def preprocess(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Upload bytes to an MNIST-style (28, 28) float32 digit in [0, 1]; ImageRejected if unusable."""
     return preprocess_gray(load_grayscale(data, limits))
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import Connection
 
+from shared.errors import REDIS_ERRORS
 from shared.predictions import stored_documents
 from shared.schema import FINAL_STATES, settled
 
@@ -100,7 +100,7 @@ def read(conn: Connection, redis: Redis, task_ids: Sequence[str], ttl_seconds: i
     """
     try:
         docs = cached_final(redis, task_ids)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("Redis unavailable, reading statuses from the database: %s", exc)
         docs = {}
     missing = [t for t in task_ids if t not in docs]
@@ -111,6 +111,6 @@ def read(conn: Connection, redis: Redis, task_ids: Sequence[str], ttl_seconds: i
     if repair:
         try:
             cache_final(redis, repair, ttl_seconds)
-        except (RedisError, OSError) as exc:  # the answer is right anyway; the next read tries again
+        except REDIS_ERRORS as exc:  # the answer is right anyway; the next read tries again
             log.warning("could not repair the status cache: %s", exc)
     return docs | stored

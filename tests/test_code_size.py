@@ -7,7 +7,7 @@ from pathlib import Path
 
 from shared.config import REPO_ROOT
 
-PACKAGES = ("web", "worker", "shared", "training")
+PACKAGES = ("web", "worker", "shared", "training", "evaluation")
 MAX_FUNCTION_LINES = 50
 MAX_MODULE_LINES = 400
 

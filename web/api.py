@@ -9,18 +9,19 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 
 from shared import deliveries, predictions, statuses
 from shared.config import Settings
-from shared.imaging import ImageLimits, ImageRejected, inspect_image
+from shared.errors import REDIS_ERRORS
+from shared.imaging import ImageRejected, inspect_image
 from shared.kombu_redis import Layout
+from shared.limits import ImageLimits
 from shared.queue import queue_length
 from shared.schema import FINAL_STATES, Prediction
 from shared.workers import live_workers
-from web import db, submit
+from web import deps, submit
 from web.errors import ApiError
 from web.ingest import Keyed, KeyInUse, KeyReused, QueueUnavailable
 from web.limits import limiter, upload_limit, uploads_unlimited
@@ -112,13 +113,13 @@ def predict() -> ResponseReturnValue:
     same request answers as the first one would now, with the same task ids, and makes nothing new.
     """
     wait = PredictQuery.parse(request.args).wait  # a bad wait is refused before anything is accepted
-    cfg = db.settings()
+    cfg = deps.settings()
     key = submit.idempotency_key()
     owner = submit.key_owner() if key is not None else current_or_new()
     hook = submit.webhook(cfg)
     uploads = _read_uploads(cfg, owner, hook)
     ids, names = [upload.task_id for upload in uploads], [upload.filename for upload in uploads]
-    waiter = db.result_waiter()
+    waiter = deps.result_waiter()
     # Subscribed before the uploads are queued: no worker can publish a result before we listen.
     with waiter.slot(wait) as may_wait, waiter.subscription(*ids) as heard:
         replayed = _accept(uploads, None if key is None else submit.keyed(owner, key, uploads, hook, cfg))
@@ -136,9 +137,9 @@ def _accept(uploads: list[predictions.NewUpload], keyed: Keyed | None) -> list[s
     """Record and enqueue the uploads; None, or the task ids an earlier request with the same key made."""
     try:
         if keyed is None:
-            db.ingest().accept(uploads)
+            deps.ingest().accept(uploads)
             return None
-        answer = db.ingest().accept_keyed(uploads, keyed)
+        answer = deps.ingest().accept_keyed(uploads, keyed)
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
     except KeyReused as exc:
@@ -157,7 +158,7 @@ def _replay(task_ids: list[str], names: list[str | None], wait: float) -> Respon
     headers = {REPLAYED: "true"}
     if wait <= 0:
         return _accepted(task_ids, names, headers)
-    with db.result_waiter().subscription(*task_ids) as heard:  # before the read: nothing published is missed
+    with deps.result_waiter().subscription(*task_ids) as heard:  # before the read: nothing published is missed
         docs = _statuses(task_ids)
         # Uploads deleted since the first request are not waited for: they will never be final.
         if len(docs) == len(task_ids):
@@ -196,22 +197,20 @@ def _read_uploads(cfg: Settings, owner: str | None, hook: submit.Hook | None) ->
         raise ApiError(400, "missing_file", "No file: send the image in a multipart field named 'file'.")
     if len(files) > cfg.max_files_per_request:
         raise ApiError(400, "too_many_files", f"At most {cfg.max_files_per_request} files per request.")
-    limits = ImageLimits(max_pixels=cfg.max_image_pixels, max_side=cfg.max_image_side,
-                         min_side=cfg.min_image_side)
-    return [_read_upload(f, limits, cfg.max_upload_bytes, owner, hook) for f in files]
+    return [_read_upload(f, cfg.image_limits, cfg.max_upload_bytes, owner, hook) for f in files]
 
 
 def _statuses(task_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Status documents by id (final ones from the Redis cache, the rest from MySQL); unknown ids left out."""
     # A connection per read, so a long poll never keeps reading one stale snapshot of the table.
-    with db.engine().connect() as conn:
-        return statuses.read(conn, db.redis_client(), task_ids, db.settings().result_ttl_seconds)
+    with deps.engine().connect() as conn:
+        return statuses.read(conn, deps.redis_client(), task_ids, deps.settings().result_ttl_seconds)
 
 
 def _wait_for(task_ids: list[str], wait: float, until: str) -> list[dict[str, Any]]:
     """The documents of known ids, held up to `wait` seconds until all are final (or, with until=any, until
     one is: a client lists the ones it has no answer for); 404 if any id is unknown."""
-    waiter = db.result_waiter()
+    waiter = deps.result_waiter()
     with waiter.slot(wait) as may_wait:
         if not may_wait:  # no wait asked, or every long-poll slot of this process is taken: answer now
             return _known(task_ids)
@@ -296,12 +295,12 @@ def predictions_page() -> ResponseReturnValue:
     """The caller's own predictions (by owner token; operators with basic auth: everyone's), newest first."""
     query = PageQuery.parse(request.args)
     page, per_page = query.page, query.per_page
-    everyone = is_operator(db.operator_credentials())
+    everyone = is_operator(deps.operator_credentials())
     owner = None if everyone else presented()
     if not everyone and owner is None:
         return jsonify({"items": [], "page": page, "per_page": per_page, "total": 0})
     mine = [] if everyone else [Prediction.owner == owner]
-    session = db.session()
+    session = deps.session()
     total = session.scalar(select(func.count()).select_from(Prediction).where(*mine)) or 0
     rows = session.scalars(
         select(Prediction).where(*mine).order_by(Prediction.id.desc()).offset((page - 1) * per_page).limit(per_page)
@@ -316,12 +315,12 @@ def predictions_page() -> ResponseReturnValue:
 @documented(responses={200: (SystemInfo, "What serves uploads now"), 503: (ErrorDocument, "Queue unavailable")})
 def system() -> ResponseReturnValue:
     """What serves uploads now: live worker processes, their model versions, the queue's length, the limits."""
-    cfg = db.settings()
+    cfg = deps.settings()
     try:
-        client = db.redis_client()
+        client = deps.redis_client()
         workers = live_workers(client, cfg.queue_name)
-        waiting = queue_length(client, cfg.queue_name, Layout.of(db.celery().conf.broker_transport_options))
-    except (RedisError, OSError) as exc:
+        waiting = queue_length(client, cfg.queue_name, Layout.of(deps.celery().conf.broker_transport_options))
+    except REDIS_ERRORS as exc:
         log.warning("system status: Redis unavailable: %s", exc)
         raise ApiError(503, "queue_unavailable", "The prediction queue is unavailable; try again shortly.") from exc
     return jsonify({

@@ -13,7 +13,7 @@ from shared.db import make_service_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_celery
 from web import owner
-from web.db import EXTENSION, Deps
+from web.deps import EXTENSION, Deps
 from web.ingest import Ingest
 from web.results import ResultWaiter
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     )
 
     from web import api, errors, headers, health, limits, metrics, openapi, pages, tasks
-    from web.db import close_session
+    from web.deps import close_session
 
     app.teardown_appcontext(close_session)
     errors.register(app)

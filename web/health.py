@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from web import db
+from web import deps
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -25,13 +25,13 @@ def readyz() -> ResponseReturnValue:
     """Ready when both Redis and the database answer; 503 otherwise, naming what is down."""
     checks: dict[str, str] = {}
     try:
-        db.redis_client().ping()
+        deps.redis_client().ping()
         checks["redis"] = "ok"
     except Exception as exc:  # any failure means not ready; the reason goes to the log
         log.warning("readiness: redis: %s", exc)
         checks["redis"] = "unavailable"
     try:
-        with db.engine().connect() as conn:
+        with deps.engine().connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:

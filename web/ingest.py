@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from shared import idempotency, predictions
 from shared.batching import Batcher
+from shared.errors import BROKER_ERRORS
 from shared.queue import enqueue
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ class Ingest:
             return outcomes
         try:
             enqueue(self._producer, self._queue, ids, self._retry_policy)
-        except (KombuOperationalError, RedisError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             log.error("could not enqueue %d upload(s): %s", len(ids), exc)
             self._withdraw([s for s in fresh if s.keyed is None])
             if any(s.keyed is not None for s in fresh):

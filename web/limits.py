@@ -8,7 +8,7 @@ from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.config import Settings
-from web import db
+from web import deps
 
 # No storage yet: init_app points it at the app's Redis (nothing connects at import).
 limiter = Limiter(key_func=get_remote_address)
@@ -16,7 +16,7 @@ limiter = Limiter(key_func=get_remote_address)
 
 def upload_limit() -> str:
     """The configured limit for POST /predict (read per request, so each app may differ)."""
-    return db.settings().rate_limit
+    return deps.settings().rate_limit
 
 
 def uploads_unlimited() -> bool:

@@ -20,7 +20,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from web import db
+from web import deps
 
 bp = Blueprint("metrics", __name__)
 
@@ -43,7 +43,7 @@ def count_uploads(outcome: str, n: int = 1) -> None:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus exposition of this web tier (all gunicorn workers in multiprocess mode)."""
-    multiproc = db.settings().prometheus_multiproc_dir
+    multiproc = deps.settings().prometheus_multiproc_dir
     if multiproc is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(multiproc))

@@ -20,7 +20,7 @@ from spectree.plugins.flask_plugin import FlaskPlugin
 from werkzeug.routing import Rule
 
 from shared.config import Settings
-from web import db, health
+from web import deps, health
 from web.schemas import Health, Readiness, limits
 
 bp = Blueprint("openapi", __name__)
@@ -114,7 +114,7 @@ def openapi() -> ResponseReturnValue:
     # Generated on first use, not per request: the routes and settings of an app do not change once it serves.
     doc = current_app.extensions.get(EXTENSION)
     if doc is None:
-        doc = current_app.extensions[EXTENSION] = description(db.settings())
+        doc = current_app.extensions[EXTENSION] = description(deps.settings())
     return jsonify(doc)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shared import owners
 from shared.credentials import CredentialsRefused, check_basic_auth, check_secret
-from web import db
+from web import deps
 from web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class OwnerKeys:
 def presented() -> str | None:
     """The owner key of the token this request brings (header first, then cookie), or None."""
     token = _valid(request.headers.get(HEADER)) or _valid(request.cookies.get(COOKIE))
-    return db.owner_keys().presented(token) if token else None
+    return deps.owner_keys().presented(token) if token else None
 
 
 def current_or_new() -> str:
@@ -88,7 +88,7 @@ def current_or_new() -> str:
     key = presented()
     if key is None:
         g.new_owner_token = secrets.token_urlsafe(24)
-        key = db.owner_keys().new(g.new_owner_token)
+        key = deps.owner_keys().new(g.new_owner_token)
     return key
 
 

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from shared.config import Settings
 from shared.schema import FINAL_STATES, State
-from web import db, owner
+from web import deps, owner
 from web.schemas import MAX_IDS, MAX_WAIT_SECONDS
 
 bp = Blueprint("pages", __name__)
@@ -30,7 +30,7 @@ def page_config(cfg: Settings) -> dict[str, Any]:
 @bp.get("/")
 def index() -> ResponseReturnValue:
     """The page: upload, paste or draw digits, watch each travel, see the answers and the history."""
-    cfg = db.settings()
+    cfg = deps.settings()
     owner.current_or_new()  # a first visit gets its owner cookie: its history is its own
     return render_template("index.html", max_upload_mib=cfg.max_upload_bytes // (1024 * 1024),
                            max_files=cfg.max_files_per_request, config=page_config(cfg))

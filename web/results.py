@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 
+from shared.errors import REDIS_ERRORS
 from shared.statuses import FINISHED_CHANNEL, finished_document
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class ResultWaiter:
         while True:
             try:
                 self._listen_once()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 # Waiters fall back to re-reading the state every second until this reconnects.
                 log.warning("result listener lost Redis (%s); reconnecting", exc)
             except Exception:  # anything else must not silence long polls for the process's life either

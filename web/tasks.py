@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
-from redis.exceptions import RedisError
 from sqlalchemy import Connection
 
 from shared import idempotency, predictions, retention, statuses
-from web import db
+from shared.errors import REDIS_ERRORS
+from web import deps
 from web.errors import ApiError
 from web.metrics import CANCELED, DELETED
 from web.openapi import documented
@@ -37,7 +37,7 @@ def _scope(task_id: str) -> str | None:
     """Whose uploads the caller may act on: an owner key, or None for an operator (anyone's); 404 if nobody's."""
     if not TASK_ID.match(task_id):
         raise ApiError(*NOT_FOUND)
-    if is_operator(db.operator_credentials()):
+    if is_operator(deps.operator_credentials()):
         return None
     owner = presented()
     if owner is None:  # without a token nothing is the caller's
@@ -58,7 +58,7 @@ def cancel_task(task_id: str) -> ResponseReturnValue:
     The upload's owner token (X-Owner-Token or the page's cookie) may cancel it; so may operators.
     """
     owner = _scope(task_id)
-    with db.engine().begin() as conn:
+    with deps.engine().begin() as conn:
         found = predictions.cancel(conn, task_id, owner)
     if found is None:
         raise ApiError(*NOT_FOUND)
@@ -67,8 +67,8 @@ def cancel_task(task_id: str) -> ResponseReturnValue:
         return jsonify({"error": error, "task": found.document}), 409
     CANCELED.labels(by="owner" if owner else "operator").inc()
     try:  # published so that long polls wake now; the database holds the truth either way
-        statuses.cache_final(db.redis_client(), [found.document], db.settings().result_ttl_seconds)
-    except (RedisError, OSError) as exc:
+        statuses.cache_final(deps.redis_client(), [found.document], deps.settings().result_ttl_seconds)
+    except REDIS_ERRORS as exc:
         log.warning("could not publish the canceled task %s: %s", task_id, exc)
     return jsonify(found.document), 200
 
@@ -80,12 +80,12 @@ def _delete(owner: str | None, pick: Callable[[Connection], list[str]]) -> tuple
     The tombstones are written inside the transaction: if Redis is away nothing is deleted (503, retry), and a
     reader that fetched the row before the commit can no longer cache it (the cache only ever sets if absent).
     """
-    with db.engine().begin() as conn:
+    with deps.engine().begin() as conn:
         picked = pick(conn)
         gone = retention.delete_uploads(conn, picked, owner) if picked else []
         try:
-            statuses.forget(db.redis_client(), gone, db.settings().result_ttl_seconds)
-        except (RedisError, OSError) as exc:
+            statuses.forget(deps.redis_client(), gone, deps.settings().result_ttl_seconds)
+        except REDIS_ERRORS as exc:
             log.warning("cannot delete while Redis is away: %s", exc)
             raise ApiError(503, "cache_unavailable", "The status cache is unavailable; try again shortly.") from exc
     return len(picked), gone
@@ -127,6 +127,6 @@ def delete_predictions() -> ResponseReturnValue:
         DELETED.labels(by="erasure").inc(len(gone))
         if picked < retention.BATCH:  # the last batch: no more of the owner's uploads
             break
-    with db.engine().begin() as conn:
+    with deps.engine().begin() as conn:
         idempotency.forget_owner(conn, owner)
     return "", 204

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from redis.exceptions import RedisError
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared import predictions
 from shared.deliveries import Hold
+from shared.errors import INFRA_ERRORS
 from shared.imaging import ImageRejected
 from shared.predictions import Claim, Found
 from shared.schema import State, status_document
@@ -29,10 +27,6 @@ from worker.isolation import Isolation
 from worker.leases import Leases
 
 log = logging.getLogger(__name__)
-
-# Errors of the services around the worker, not of the upload: the claim is given back, and the task retries.
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, PoolTimeout, RedisError, OSError)
-
 
 class Model(Protocol):
     """What the pipeline needs of a model: its name and version, and a batched call."""
@@ -138,7 +132,7 @@ class Pipeline:
             try:
                 results = self._predict(claim)
                 docs, hold = self._finish(claim, results)
-            except INFRASTRUCTURE_ERRORS:
+            except INFRA_ERRORS:
                 self._release(claim)
                 raise
         try:
@@ -178,7 +172,7 @@ class Pipeline:
         try:
             with self.engine.begin() as conn:
                 predictions.release(conn, claim)
-        except INFRASTRUCTURE_ERRORS as exc:  # the lease runs out instead
+        except INFRA_ERRORS as exc:  # the lease runs out instead
             log.warning("could not give back claim %s: %s", claim.token, exc)
 
     def _predict(self, claim: Claim) -> dict[str, dict[str, Any]]:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from shared import predictions
+from shared.errors import REDIS_ERRORS
 from shared.kombu_redis import Layout, due, message_task_ids, redelivered
 from shared.schema import FINAL_STATES, State
 
@@ -265,7 +265,7 @@ class RecoveryLoop:
             try:
                 if self.holds_lock():
                     self._recovery.sweep()
-            except (RedisError, OSError) as exc:  # Redis or the link to it away: expected, one line per round
+            except REDIS_ERRORS as exc:  # Redis or the link to it away: expected, one line per round
                 log.warning("recovery sweep skipped: %s", exc)
             except Exception:  # the next round tries again; recovery must never kill the worker
                 log.exception("recovery sweep failed")

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from redis import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import idempotency, retention, statuses
 from shared.config import Settings
+from shared.errors import REDIS_ERRORS
 from shared.schema import utcnow
 from worker.metrics import PURGED
 
@@ -137,7 +137,7 @@ class Purge:
         self._uncached.append(task_ids)
         try:
             statuses.uncache(self._redis, task_ids)
-        except (RedisError, OSError) as exc:  # the copies lapse after RESULT_TTL_SECONDS anyway
+        except REDIS_ERRORS as exc:  # the copies lapse after RESULT_TTL_SECONDS anyway
             log.warning("retention: could not drop %d cached document(s): %s", len(task_ids), exc)
 
     def _drop_again(self) -> None:
@@ -146,7 +146,7 @@ class Purge:
         try:
             for task_ids in batches:
                 statuses.uncache(self._redis, task_ids)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("retention: could not drop cached documents again: %s", exc)
 
     def _tombstone(self, task_ids: Sequence[str]) -> None:
@@ -154,5 +154,5 @@ class Purge:
         PURGED.labels(what="row").inc(len(task_ids))
         try:
             statuses.forget(self._redis, task_ids, self._result_ttl)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("retention: could not tombstone %d cached document(s): %s", len(task_ids), exc)

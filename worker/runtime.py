@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from redis import Redis
 from sqlalchemy import Engine
 
@@ -99,6 +101,11 @@ def load_model(settings: Settings) -> Predictor:
                           cache_dir=settings.model_cache_dir)
 
 
+def preprocessor(settings: Settings) -> Callable[[bytes], np.ndarray]:
+    """Preprocessing under the configured image limits: the worker decodes what the web checked, by the same rules."""
+    return functools.partial(preprocessing.preprocess, limits=settings.image_limits)
+
+
 def _one_opencv_thread() -> None:
     """Let OpenCV preprocess on the calling thread only."""
     # A host runs a worker process per core, so OpenCV's own pool only competes with them: its labelling of a
@@ -124,7 +131,7 @@ def _build(settings: Settings) -> WorkerRuntime:
         cache_final(redis, docs, settings.result_ttl_seconds)
 
     deliverer = make_deliverer(settings)
-    pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=preprocessing.preprocess,
+    pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=preprocessor(settings),
                         leases=Leases(engine, settings.sweep_after_seconds), max_attempts=settings.max_attempts,
                         publish=publish, webhooks=deliverer)
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from shared.errors import INFRA_ERRORS
 from shared.tasks import PREDICT_BATCH_TASK, PREDICT_TASK
 from worker.celery_app import app
-from worker.pipeline import INFRASTRUCTURE_ERRORS
 
 # The database or Redis may be away for a while: retry with backoff rather than drop a result. The waits are
 # capped at 10 s: a message retried through a longer outage otherwise sat up to a minute after the database came
 # back (seen: two uploads of a 10 s outage finished 47 s after it). Retries are cheap failed connects, and only
 # the messages a worker has reserved (its prefetch) retry at all.
 RETRY = {
-    "autoretry_for": INFRASTRUCTURE_ERRORS,
+    "autoretry_for": INFRA_ERRORS,
     "retry_backoff": True,
     "retry_backoff_max": 10,
     "retry_jitter": True,

@@ -11,11 +11,11 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
+from evaluation.userstyle import user_style_set
 from shared.config import REPO_ROOT
 from tests.browser.conftest import open_page, real_problems
 from tests.browser.pages import ANSWER_TIMEOUT_MS, png_file, text_file, upload_as_visitor, upload_refused_file
 from tests.helpers import png_bytes
-from tests.userstyle import user_style_set
 
 pytestmark = pytest.mark.e2e
 

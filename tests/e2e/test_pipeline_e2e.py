@@ -20,12 +20,12 @@ import redis
 import requests
 from sqlalchemy import select
 
+from evaluation.userstyle import user_style_set
 from shared.config import REPO_ROOT, Settings
 from shared.schema import Prediction, utcnow
 from shared.statuses import status_key
 from tests.helpers import png_bytes
 from tests.stack import free_port, running_stack
-from tests.userstyle import user_style_set
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw, ImageFile, ImageFilter
 
 from shared import imaging, preprocessing
 from shared.config import REPO_ROOT
-from shared.imaging import ImageInfo, ImageLimits, ImageRejected, inspect_image, load_grayscale
+from shared.imaging import ImageInfo, ImageRejected, inspect_image, load_grayscale
+from shared.limits import ImageLimits
 from shared.preprocessing import preprocess
 
 # --- building blocks --------------------------------------------------------------------------

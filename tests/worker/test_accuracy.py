@@ -2,9 +2,9 @@
 
 Four figures, printed with each run:
 * raw MNIST test digits uploaded as PNG: preprocessing must keep the model's own accuracy;
-* a seeded set of "user-style" uploads (tests/userstyle.py: photos, scans, drawings);
+* a seeded set of "user-style" uploads (evaluation/userstyle.py: photos, scans, drawings);
 * the same set through a resize-only baseline, to show the set is hard;
-* a small fixed part of the "other writers" set (tests/otherwriters.py: low-resolution scans with
+* a small fixed part of the "other writers" set (evaluation/otherwriters.py: low-resolution scans with
   slants, proportions and pens of their own, issue #13).
 
 The model's error rate is a floor for every figure, so each accuracy is also compared with the
@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
+from evaluation import otherwriters
+from evaluation.userstyle import KINDS, accuracy_by_kind, encode_png, resize_only, sample_indices, user_style_set
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
-from tests import otherwriters
-from tests.userstyle import KINDS, accuracy_by_kind, encode_png, resize_only, sample_indices, user_style_set
 
 log = logging.getLogger(__name__)
 

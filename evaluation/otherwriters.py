@@ -23,7 +23,7 @@ split, which no model here trains on. Each digit, with its own seeded numpy Gene
    so the strokes are thick and blurry, and encoded as PNG, or 20% of the time as JPEG at quality 85-95.
 
 Each upload is labelled with the kind of its dominant degradation (cycled in order, as in
-tests/userstyle.py); every kind still goes through every step, only the ranges differ:
+evaluation/userstyle.py); every kind still goes through every step, only the ranges differ:
 
 * ``lowres``: scanned at 8-9 px, hand and pen near MNIST's;
 * ``slant``: sheared by 0.2-0.35 px/px, left or right;
@@ -47,7 +47,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from tests.userstyle import encode_png
+from evaluation.userstyle import encode_png
 
 DEFAULT_SEED = 1130
 DEFAULT_SIZE = 2000
@@ -136,7 +136,7 @@ def stroke_width(ink: np.ndarray) -> float:
 
     mask = ink > 0.5
     perimeter = np.count_nonzero(mask & ~ndimage.binary_erosion(mask))
-    return 2.0 * np.count_nonzero(mask) / max(perimeter, 1)
+    return 2.0 * np.count_nonzero(mask) / max(int(perimeter), 1)
 
 
 def _pen(ink: np.ndarray, target: float) -> np.ndarray:

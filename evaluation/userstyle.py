@@ -101,39 +101,49 @@ def make_user_style(digit: np.ndarray, rng: np.random.Generator, kind: str) -> b
     """Render one 28x28 uint8 MNIST digit (white on black) as an encoded user-style upload of ``kind``."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    ink = _ink_for(digit, rng, kind)
+    gray, ink_r = _photographed(ink, rng, kind)
+    return _encoded(gray, ink, ink_r, rng, kind)
+
+
+def _ink_for(digit: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """The digit's ink on a canvas of its own size, turned or cropped as `kind` says."""
     angle = 0.0
     if kind == "rotated":
         angle = float(rng.uniform(4, 10) * rng.choice([-1, 1]))
     elif kind == "photo":
         angle = float(rng.uniform(-6, 6))
     if kind == "cropped":
-        ink = _cropped_layer(digit, rng)
-    else:
-        ink = _ink_layer(digit, rng, (int(rng.integers(200, 601)), int(rng.integers(200, 601))), (0.3, 0.85), angle)
-    canvas = ink.shape
+        return _cropped_layer(digit, rng)
+    return _ink_layer(digit, rng, (int(rng.integers(200, 601)), int(rng.integers(200, 601))), (0.3, 0.85), angle)
 
+
+def _photographed(ink: np.ndarray, rng: np.random.Generator, kind: str) -> tuple[np.ndarray, float]:
+    """Grey levels of ink on paper under `kind`'s light, specks and blur; and the ink's reflectance."""
     # Reflectance model: paper reflects a lot, ink little; lighting multiplies both (as in a photo).
     paper = rng.uniform(0.8, 0.97)
     ink_r = rng.uniform(0.03, 0.3)
     if kind in ("gradient", "photo"):
         paper = rng.uniform(0.65, 0.9)
     reflect = paper - (paper - ink_r) * ink
-    light = np.float32(1.0)
+    light: np.ndarray | np.floating = np.float32(1.0)
     if kind == "gradient":
-        light = _lighting(rng, canvas, rng.uniform(0.3, 0.5))
+        light = _lighting(rng, ink.shape, rng.uniform(0.3, 0.5))
     elif kind == "photo":
-        light = _lighting(rng, canvas, rng.uniform(0.15, 0.35))
+        light = _lighting(rng, ink.shape, rng.uniform(0.15, 0.35))
     gray = 255.0 * reflect * light
-
     if kind == "specks":
         gray = _add_border_and_specks(gray, ink, rng, ink_r * 255)
-
     if kind in ("blur", "photo"):
         # Relative to stroke size: strokes are ~2.5 MNIST pixels, i.e. ~2.5 * scale canvas pixels.
         scale = max(1.0, float(ink.any(axis=1).sum()) / 20.0)
         radius = scale * (rng.uniform(0.3, 0.7) if kind == "blur" else rng.uniform(0.1, 0.3))
         gray = _blur(gray, radius)
+    return gray, float(ink_r)
 
+
+def _encoded(gray: np.ndarray, ink: np.ndarray, ink_r: float, rng: np.random.Generator, kind: str) -> bytes:
+    """The picture as the file `kind` arrives in: colour JPEG, noisy or alpha PNG, grey JPEG or PNG."""
     if kind in ("colour", "photo"):
         rgb = _colourise(gray, ink, rng)
         if kind == "photo":
@@ -142,20 +152,17 @@ def make_user_style(digit: np.ndarray, rng: np.random.Generator, kind: str) -> b
             return _encode(rgb8, "JPEG", quality=int(rng.integers(50, 86)))
         rgb8 = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
         return _encode(rgb8, "JPEG", quality=90)
-
     if kind == "noise":
         gray = gray + rng.normal(0, rng.uniform(6, 16), gray.shape)
-
     if kind == "alpha":
         # What a drawing app exports: ink pixels opaque, everything else transparent *black*, so a
         # reader that drops alpha instead of compositing on white sees black ink on black.
-        h, w = canvas
+        h, w = ink.shape
         rgba = np.zeros((h, w, 4), np.uint8)
         pen = rng.integers(0, 60, 3)
         rgba[..., :3] = pen
         rgba[..., 3] = np.clip(ink * 255.0 * rng.uniform(0.85, 1.0), 0, 255).astype(np.uint8)
         return _encode(Image.fromarray(rgba, "RGBA"), "PNG")
-
     gray8 = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L")
     if kind == "jpeg":
         return _encode(gray8, "JPEG", quality=int(rng.integers(30, 81)))

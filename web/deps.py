@@ -1,4 +1,4 @@
-"""The web app's dependencies, built once by create_app, and the per-request database session."""
+"""The web app's dependency container, built once by create_app, and the per-request database session."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class Deps:
     owners: OwnerKeys  # owner tokens to the keys rows are stored under
 
 
-def deps() -> Deps:
+def container() -> Deps:
     """The dependencies create_app stored on the app."""
     found: Deps = current_app.extensions[EXTENSION]
     return found
@@ -44,48 +44,48 @@ def deps() -> Deps:
 
 def settings() -> Settings:
     """The app's settings."""
-    return deps().settings
+    return container().settings
 
 
 def celery() -> Celery:
     """The Celery producer used to enqueue predictions."""
-    return deps().celery
+    return container().celery
 
 
 def redis_client() -> Redis:
     """The app's Redis client (a connection pool) for reading results."""
-    return deps().redis
+    return container().redis
 
 
 def result_waiter() -> ResultWaiter:
     """The process's listener for published results (long polls wait on it)."""
-    return deps().results
+    return container().results
 
 
 def ingest() -> Ingest:
     """The process's coalescing recorder and enqueuer of uploads."""
-    return deps().ingest
+    return container().ingest
 
 
 def operator_credentials() -> str | None:
     """ADMIN_BASIC_AUTH, when it is set and strong enough to list everyone's uploads."""
-    return deps().operators
+    return container().operators
 
 
 def owner_keys() -> OwnerKeys:
     """The process's owner keys (HMACs of owner tokens under OWNER_TOKEN_SECRET)."""
-    return deps().owners
+    return container().owners
 
 
 def engine() -> Engine:
     """The app's engine (one pool per process)."""
-    return deps().engine
+    return container().engine
 
 
 def session() -> Session:
     """This request's session, opened on first use and closed when the request ends."""
     if "db" not in g:
-        g.db = deps().sessions()
+        g.db = container().sessions()
     return g.db
 
 

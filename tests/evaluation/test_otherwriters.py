@@ -1,4 +1,4 @@
-"""tests/otherwriters.py, the other-writers evaluation set: deterministic, labelled right, shaped as designed.
+"""evaluation/otherwriters.py, the other-writers evaluation set: deterministic, labelled right, shaped as designed.
 
 Fast and without services: the digits are synthetic strokes, not MNIST (the generator treats both alike).
 """
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import otherwriters
-from tests.otherwriters import KINDS, OUTPUT_SIDES, make_other_writer, other_writers_indices, other_writers_set
-from tests.userstyle import accuracy_by_kind
+from evaluation import otherwriters
+from evaluation.otherwriters import KINDS, OUTPUT_SIDES, make_other_writer, other_writers_indices, other_writers_set
+from evaluation.userstyle import accuracy_by_kind
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
