@@ -51,13 +51,13 @@ def _install(cfg: FaultSettings) -> None:
 
     preprocess, cache_final = preprocessing.preprocess, statuses.cache_final
 
-    def faulty_preprocess(data: bytes):  # type: ignore[no-untyped-def]
+    def faulty_preprocess(data: bytes, **options):  # type: ignore[no-untyped-def]  # the worker passes its limits
         if cfg.kill_marker and cfg.kill_marker.encode() in data:
             os.kill(os.getpid(), signal.SIGKILL)
         if cfg.slow_marker and cfg.slow_marker.encode() in data:
             time.sleep(cfg.slow_seconds)
             _trace(cfg, "slept")
-        return preprocess(data)
+        return preprocess(data, **options)
 
     def dying_cache_final(client, docs, ttl_seconds):  # type: ignore[no-untyped-def]
         if cfg.kill_before_cache:
