@@ -44,7 +44,7 @@ from bench.stack import (
     stop_stack,
     wait_for_workers,
 )
-from scripts.run_local import Stack, free_port, kill_leftovers, wait_for_port
+from scripts.supervisor import Stack, free_port, kill_leftovers, wait_for_port
 from shared.config import BenchSettings, Settings, child_environment
 from shared.logs import configure_logging
 

@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from scripts.run_local import free_port
+from scripts.supervisor import free_port
 from shared.config import REPO_ROOT, BenchSettings, child_environment
 from shared.migrate import upgrade
 

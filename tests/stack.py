@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from scripts import processes
 from shared.config import REPO_ROOT, Settings, child_environment
 
 
@@ -53,10 +54,8 @@ class LiveStack:
     def start_web(self) -> None:
         """Start gunicorn and wait until /healthz answers."""
         # A process group of its own, so a restart can kill the master and its workers at once.
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1", "web:create_app()"], cwd=REPO_ROOT, env=self.env,
-            start_new_session=True)
+        self.web = subprocess.Popen(processes.web(f"127.0.0.1:{self.port}", 1, sys.executable), cwd=REPO_ROOT,
+                                    env=self.env, start_new_session=True)
         self.wait_for("/healthz")
 
     def restart_web(self) -> None:
@@ -69,9 +68,8 @@ class LiveStack:
     def start_worker(self, **env: str) -> subprocess.Popen:
         """Start one more Celery worker process."""
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle", "--hostname", f"w{len(self.workers)}-{self.port}@%h"],
-            cwd=REPO_ROOT, env=self.env | env)
+            processes.worker(sys.executable, hostname=f"w{len(self.workers)}-{self.port}@%h",
+                             extra=["--without-gossip", "--without-mingle"]), cwd=REPO_ROOT, env=self.env | env)
         self.workers.append(worker)
         return worker
 

@@ -9,18 +9,23 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
 from web import deps
+from web.openapi import documented
+from web.schemas import Health, Readiness
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented(responses={200: (Health, "The process serves")})
 def healthz() -> ResponseReturnValue:
     """The process is alive and serving."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@documented(responses={200: (Readiness, "Redis and the database answer"),
+                       503: (Readiness, "Redis or the database does not answer; the checks name which")})
 def readyz() -> ResponseReturnValue:
     """Ready when both Redis and the database answer; 503 otherwise, naming what is down."""
     checks: dict[str, str] = {}

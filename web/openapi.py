@@ -20,8 +20,8 @@ from spectree.plugins.flask_plugin import FlaskPlugin
 from werkzeug.routing import Rule
 
 from shared.config import Settings
-from web import deps, health
-from web.schemas import Health, Readiness, limits
+from web import deps
+from web.schemas import limits
 
 bp = Blueprint("openapi", __name__)
 EXTENSION = "openapi"  # the app's generated description, kept in app.extensions
@@ -116,9 +116,3 @@ def openapi() -> ResponseReturnValue:
     if doc is None:
         doc = current_app.extensions[EXTENSION] = description(deps.settings())
     return jsonify(doc)
-
-
-# health.py's views are described here, so that module needs nothing of the API's models.
-documented(responses={200: (Health, "The process serves")})(health.healthz)
-documented(responses={200: (Readiness, "Redis and the database answer"),
-                      503: (Readiness, "Redis or the database does not answer; the checks name which")})(health.readyz)

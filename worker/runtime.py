@@ -42,7 +42,7 @@ class WorkerRuntime:
     redis: Redis
     name: str
     pipeline: Pipeline
-    batcher: MicroBatcher | None = None
+    batcher: MicroBatcher  # the process's task threads meet here; it calls `predict` with each batch
     # This process's webhook sender, started by the worker's warm-up (None without WEBHOOK_SECRET).
     deliverer: Deliverer | None = None
     model_stamp: Stamp | None = None  # the model file the serving model was loaded from (worker/rollout.py)
@@ -68,31 +68,35 @@ class WorkerRuntime:
 
     def start_batching(self) -> None:
         """Start the batch pipeline's runners, and with them its heartbeat, before the first task arrives."""
-        assert self.batcher is not None, "built by get_runtime()"
         self.batcher.start()
 
     def predict_one(self, task_id: str) -> dict[str, Any]:
         """Predict one upload together with whatever other tasks of this process are waiting."""
-        assert self.batcher is not None, "built by get_runtime()"
         return self.batcher.submit(task_id)
 
     def predict_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Predict the uploads of one message, sharing model calls with the other tasks of this process."""
-        assert self.batcher is not None, "built by get_runtime()"
         return self.batcher.submit_many(task_ids)
 
 
+# One runtime per worker process, built after any fork by the process's warm-up (worker/bootstrap.py) with the
+# settings the Celery app was made from; the tasks find it here.
 _lock = threading.Lock()
 _runtime: WorkerRuntime | None = None
 
 
-def get_runtime() -> WorkerRuntime:
-    """This process's runtime, built on first use; call it only in the process that does the work."""
+def install(settings: Settings) -> WorkerRuntime:
+    """Build this process's runtime from these settings, once; call it only in the process that does the work."""
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = _build(get_settings())
+            _runtime = _build(settings)
         return _runtime
+
+
+def current() -> WorkerRuntime:
+    """This process's runtime (a task that arrives before the warm-up builds it from the environment)."""
+    return _runtime if _runtime is not None else install(get_settings())
 
 
 def load_model(settings: Settings) -> Predictor:
@@ -134,9 +138,13 @@ def _build(settings: Settings) -> WorkerRuntime:
     pipeline = Pipeline(engine=engine, model=predictor, worker_name=name, preprocess=preprocessor(settings),
                         leases=Leases(engine, settings.sweep_after_seconds), max_attempts=settings.max_attempts,
                         publish=publish, webhooks=deliverer)
+
+    def run_batch(task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return runtime.predict(task_ids)  # the runtime below: the batcher runs nothing before it exists
+
+    batcher = MicroBatcher(run_batch, max_batch=settings.batch_max_size, max_wait=settings.batch_max_wait_ms / 1000,
+                           runners=settings.batch_runners,
+                           heartbeat=Heartbeat(settings.worker_heartbeat_file, settings.worker_stall_seconds))
     runtime = WorkerRuntime(settings=settings, engine=engine, predictor=predictor, redis=redis, name=name,
-                            pipeline=pipeline, deliverer=deliverer, model_stamp=stamp)
-    runtime.batcher = MicroBatcher(runtime.predict, max_batch=settings.batch_max_size,
-                                   max_wait=settings.batch_max_wait_ms / 1000, runners=settings.batch_runners,
-                                   heartbeat=Heartbeat(settings.worker_heartbeat_file, settings.worker_stall_seconds))
+                            pipeline=pipeline, batcher=batcher, deliverer=deliverer, model_stamp=stamp)
     return runtime

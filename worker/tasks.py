@@ -25,14 +25,14 @@ RETRY = {
 @app.task(name=PREDICT_TASK, **RETRY)
 def predict(task_id: str) -> str:
     """Predict one stored upload, sharing a model call with the other tasks in flight; its final state."""
-    from worker.runtime import get_runtime
+    from worker import runtime
 
-    return str(get_runtime().predict_one(task_id)["state"])
+    return str(runtime.current().predict_one(task_id)["state"])
 
 
 @app.task(name=PREDICT_BATCH_TASK, **RETRY)
 def predict_batch(task_ids: list[str]) -> int:
     """Predict the uploads of one message (a multi-file request, or uploads the web coalesced); how many."""
-    from worker.runtime import get_runtime
+    from worker import runtime
 
-    return len(get_runtime().predict_many(task_ids))
+    return len(runtime.current().predict_many(task_ids))

@@ -7,6 +7,7 @@ a missing tool fails the test rather than skipping it. The real run is scripts/c
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from scripts import processes
 from shared.config import REPO_ROOT, FlowerSettings, Settings
 
 DOCKERFILES = sorted((REPO_ROOT / "docker").glob("*.Dockerfile"))
@@ -173,9 +175,8 @@ def test_web_image_installs_no_tensorflow() -> None:
 def test_web_image_serves_port_80_and_flower_and_migrations() -> None:
     steps = instructions(WEB_DOCKERFILE)
     assert ("EXPOSE", "80") in steps
-    cmd = steps[-1][1]
-    assert '"gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:80"' in cmd
-    assert "web:create_app()" in cmd
+    # The command `make run` and the tests start, from scripts/processes.py (written once).
+    assert json.loads(steps[-1][1]) == processes.web("0.0.0.0:80", 2, extra=["--access-logfile", "-"])
     copied = " ".join(args for word, args in steps if word == "COPY")
     for needed in ("alembic.ini", "migrations/", "templates/", "shared/", "web/", "worker/"):
         assert needed in copied
@@ -187,7 +188,7 @@ def test_worker_image_requirements_are_a_build_arg() -> None:
     assert any(word == "RUN" and '--require-hashes -r "${REQUIREMENTS}"' in args for word, args in steps)
     assert {p.relative_to(REPO_ROOT).as_posix() for p in copied_requirements(WORKER_DOCKERFILE)} == {
         "requirements/locks/worker.txt", "requirements/locks/training.txt", "requirements/locks/gpu.txt"}
-    assert '"celery", "-A", "worker.celery_app", "worker"' in steps[-1][1]
+    assert json.loads(steps[-1][1]) == processes.worker()
     copied = " ".join(args for word, args in steps if word == "COPY")
     for needed in ("shared/", "worker/", "training/"):  # training/: the trainer job runs from this image
         assert needed in copied
@@ -256,7 +257,7 @@ def test_web_and_flower(services: dict[str, Any]) -> None:
     assert "/readyz" in " ".join(web["healthcheck"]["test"])
     assert web["environment"]["OWNER_TOKEN_SECRET"].startswith("${OWNER_TOKEN_SECRET:?")  # the web refuses without
     flower = services["flower"]
-    assert flower["command"] == ["python", "-m", "worker.flower", "--port=5555"]  # refuses weak passwords
+    assert flower["command"] == processes.flower(5555)  # refuses weak passwords
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert flower["ports"][0].endswith(":5555")
 

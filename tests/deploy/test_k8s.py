@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from scripts import processes
 from shared.config import REPO_ROOT, FlowerSettings
 
 K8S = REPO_ROOT / "k8s"
@@ -661,7 +662,7 @@ def test_flower_gets_only_what_it_needs(render, name: str) -> None:
         assert env[key]["valueFrom"]["configMapKeyRef"] == {"name": "digits-config", "key": key}
     # No credential in the command line (`ps` shows it): Flower reads FLOWER_BASIC_AUTH from its environment.
     argv = _argv(flower)
-    assert argv[:3] == ["python", "-m", "worker.flower"]
+    assert argv == processes.flower(5555, extra=["--purge_offline_workers=600"])  # scripts/processes.py's
     assert not [arg for arg in argv if re.search(r"auth|PASSWORD|\$\(", arg, re.I)], argv
 
 
@@ -753,3 +754,8 @@ def test_every_manifest_file_names_the_namespace_and_is_in_the_base() -> None:
         for doc in _load(base / filename):
             if doc["kind"] not in CLUSTER_SCOPED:
                 assert doc["metadata"]["namespace"] == NAMESPACE, filename
+
+
+def test_the_worker_runs_the_command_make_run_runs(render) -> None:
+    (worker,) = _pod_spec(_one(render("base"), "Deployment", "digits-worker"))["containers"]
+    assert _argv(worker) == processes.worker()  # scripts/processes.py: written once

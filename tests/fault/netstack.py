@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+from scripts import processes
 from shared.config import REPO_ROOT, child_environment
 from shared.migrate import upgrade
 from tests.fault.netns import Host, Network
@@ -53,9 +54,7 @@ class NetStack:
         if self.link_delay:
             self._slow_links()
         self.web = subprocess.Popen(self.web_host.command(
-            [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "--bind",
-             f"{self.web_host.address}:{WEB_PORT}", "--workers", "1", "web:create_app()"]),
-            cwd=REPO_ROOT, env=self.env)
+            processes.web(f"{self.web_host.address}:{WEB_PORT}", 1, sys.executable)), cwd=REPO_ROOT, env=self.env)
         self._wait(lambda: requests.get(f"{self.base_url}/healthz", timeout=2).status_code == 200, "the web")
 
     def start_worker(self, role: str, log_file: Path | None = None, **env: str) -> tuple[Host, subprocess.Popen]:
@@ -63,9 +62,8 @@ class NetStack:
         host = self.net.add_host(role)
         out = log_file.open("ab") if log_file is not None else None
         proc = subprocess.Popen(host.command(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle", "--hostname", f"{role}@%h"]), cwd=REPO_ROOT, env=self.env | env,
-            stdout=out, stderr=subprocess.STDOUT if out is not None else None)
+            processes.worker(sys.executable, hostname=f"{role}@%h", extra=["--without-gossip", "--without-mingle"])),
+            cwd=REPO_ROOT, env=self.env | env, stdout=out, stderr=subprocess.STDOUT if out is not None else None)
         self.workers[role] = (host, proc)
         count = len(self.workers)
         self._wait(lambda: requests.get(f"{self.base_url}/system", timeout=5).json()["workers"] >= count, role)
