@@ -59,7 +59,14 @@ run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a wo
 	$(PY) -m scripts.run_local
 
 test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and Redis, see README)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@# After a passing `make check` on this very tree (CI runs both), its fast tier is not run again.
+	@marker="$$($(PY) -m scripts.fast_tier marker)"; \
+	if [ -n "$$marker" ] && [ -z "$(PYTEST_ARGS)" ]; then \
+		echo "make check passed on this tree: running the tests that need services"; \
+		$(PY) -m pytest -m "$$marker"; \
+	else \
+		$(PY) -m pytest $(PYTEST_ARGS); \
+	fi
 
 # One lock per installable set: make run/test (local, dev), the images (web = web + flower, worker, training, gpu).
 UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
@@ -79,6 +86,7 @@ lint: $(VENV)/.installed-dev  ## ruff and mypy
 
 check: lint  ## the fast tier: lint, then the tests that need no MariaDB, Redis, MNIST copy or trained model
 	$(PY) -m pytest -m "not services" $(PYTEST_ARGS)
+	@$(if $(PYTEST_ARGS),,$(PY) -m scripts.fast_tier record)
 
 bench: $(VENV)/.installed-local model  ## load benchmark against BENCH_REDIS_URL / BENCH_DATABASE_URL, vs the seed design
 	$(PY) -m bench $(BENCH_ARGS)
