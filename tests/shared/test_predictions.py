@@ -1,4 +1,5 @@
-"""The lifecycle's owner (shared/predictions.py) on the real MariaDB: cancel, fencing, deletion, webhooks' events."""
+"""The lifecycle's owner (shared/predictions.py): every transition and fenced write on SQLite and MariaDB, then cancel,
+deletion and webhooks' events on MariaDB."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from shared import deliveries, predictions, retention
+from shared.db import make_engine
+from shared.migrate import upgrade
 from shared.predictions import NewUpload
 from shared.schema import Prediction, State, WebhookDelivery
 
@@ -171,3 +174,117 @@ def test_an_upload_claimed_again_starts_once(db_engine):
         predictions.release(conn, first)  # the database or Redis was away: the claim is given back
         again = predictions.claim(conn, [task_id], 0, "test-worker", 60)  # no duplicate-key error
     assert again.images and [e for e, _ in _deliveries(db_engine, task_id)] == ["start"]
+
+
+# --- every transition and every fenced write, on SQLite (make run) and MariaDB (everything else) -------------
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def lifecycle_engine(request, tmp_path):
+    """An engine on a migrated database of the parametrised kind."""
+    if request.param == "mariadb":
+        yield request.getfixturevalue("db_engine")
+        return
+    url = f"sqlite:///{tmp_path / 'lifecycle.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def _state(engine: Engine, task_id: str) -> tuple[str, int]:
+    row = _row(engine, task_id)
+    assert row is not None
+    return row.state, row.deliveries
+
+
+def test_recorded_uploads_wait_and_a_withdrawn_one_is_gone(lifecycle_engine):
+    kept, withdrawn = _record(lifecycle_engine), _record(lifecycle_engine)
+    with lifecycle_engine.begin() as conn:
+        predictions.withdraw(conn, [withdrawn])
+        assert predictions.states(conn, [kept, withdrawn]) == {kept: "PENDING"}
+        found = predictions.look_up(conn, [kept, withdrawn])
+    assert list(found) == [kept] and found[kept].claimable and found[kept].deliveries == 0
+
+
+def test_claim_starts_an_upload_once_and_a_live_claim_cannot_be_taken(lifecycle_engine):
+    task_id = _record(lifecycle_engine)
+    first = _claim(lifecycle_engine, task_id)
+    assert list(first.images) == [task_id] and _state(lifecycle_engine, task_id) == ("STARTED", 1)
+    with lifecycle_engine.begin() as conn:
+        assert not predictions.claim(conn, [task_id], 1, "other", 60).images  # its lease is live
+        assert not predictions.claim(conn, [task_id], 0, "other", 60).images  # and the count moved on
+        assert predictions.look_up(conn, [task_id])[task_id].leased
+
+
+def test_finish_ends_a_held_claim_and_is_fenced_once_the_claim_is_gone(lifecycle_engine):
+    done, taken = _record(lifecycle_engine), _record(lifecycle_engine)
+    assert _finish(lifecycle_engine, _claim(lifecycle_engine, done), done)["state"] == "SUCCESS"
+    with lifecycle_engine.begin() as conn:
+        stale = predictions.claim(conn, [taken], 0, "slow", -1)  # a lease that has already run out
+        assert predictions.unclaim(conn, predictions.expired_claims(conn, "test")) == [taken]
+        fresh = predictions.claim(conn, [taken], 1, "rescuer", 60)
+        assert predictions.finish(conn, fresh, {taken: dict(RESULT, digit=3)})[taken]["digit"] == 3
+        late = predictions.finish(conn, stale, {taken: dict(RESULT, digit=9)})  # the stalled worker's write
+    assert late[taken]["digit"] == 3 and _state(lifecycle_engine, taken) == ("SUCCESS", 2)
+    row = _row(lifecycle_engine, taken)
+    assert row is not None and row.worker == "rescuer"
+
+
+def test_release_gives_a_claim_back_without_counting_a_delivery(lifecycle_engine):
+    task_id = _record(lifecycle_engine)
+    held = _claim(lifecycle_engine, task_id)
+    with lifecycle_engine.begin() as conn:
+        predictions.release(conn, held)
+    assert _state(lifecycle_engine, task_id) == ("PENDING", 0)
+    with lifecycle_engine.begin() as conn:
+        predictions.release(conn, held)  # a second release of the same claim changes nothing
+        assert predictions.claim(conn, [task_id], 0, "again", 60).images
+    assert _state(lifecycle_engine, task_id) == ("STARTED", 1)
+
+
+def test_renew_keeps_only_the_claims_still_held(lifecycle_engine):
+    mine, lost = _record(lifecycle_engine), _record(lifecycle_engine)
+    with lifecycle_engine.begin() as conn:
+        held = predictions.claim(conn, [mine], 0, "w", -1)
+        gone = predictions.claim(conn, [lost], 0, "w", -1)
+        predictions.unclaim(conn, [f for f in predictions.expired_claims(conn, "test") if f.task_id == lost])
+        predictions.renew(conn, [held, gone], 60)
+        assert [f.task_id for f in predictions.expired_claims(conn, "test")] == []  # mine renewed, lost PENDING
+        assert predictions.states(conn, [mine, lost]) == {mine: "STARTED", lost: "PENDING"}
+
+
+def test_poison_fails_only_an_upload_nobody_holds_at_the_count_seen(lifecycle_engine):
+    task_id, live = _record(lifecycle_engine), _record(lifecycle_engine)
+    with lifecycle_engine.begin() as conn:
+        predictions.claim(conn, [task_id], 0, "dies", -1)
+        (seen,) = predictions.expired_claims(conn, "test")
+        predictions.claim(conn, [task_id], 1, "dies too", -1)  # taken again meanwhile: the count moved on
+        assert predictions.fail_poison(conn, [seen]) == {}
+        (seen,) = predictions.expired_claims(conn, "test")
+        docs = predictions.fail_poison(conn, [seen])
+        held = predictions.claim(conn, [live], 0, "alive", 60)
+        assert predictions.fail_poison(conn, [predictions.Found(live, "STARTED", 1, leased=False)]) == {}
+    assert docs[task_id]["state"] == "FAILURE" and "2 workers" in docs[task_id]["error"]
+    assert _state(lifecycle_engine, task_id) == ("FAILURE", 2) and _state(lifecycle_engine, live) == ("STARTED", 1)
+    assert held.images
+
+
+def test_cancel_ends_pending_and_started_uploads_and_fences_the_worker(lifecycle_engine):
+    pending, started = _record(lifecycle_engine), _record(lifecycle_engine)
+    held = _claim(lifecycle_engine, started)
+    with lifecycle_engine.begin() as conn:
+        assert predictions.cancel(conn, pending, None).changed
+        assert predictions.cancel(conn, started, "a" * 64).changed
+        assert predictions.cancel(conn, started, None).changed is False  # already final
+        late = predictions.finish(conn, held, {started: dict(RESULT)})
+    assert late[started]["state"] == "CANCELED" and _state(lifecycle_engine, pending)[0] == "CANCELED"
+
+
+def test_lost_uploads_are_found_by_age_and_marked_once(lifecycle_engine):
+    task_id = _record(lifecycle_engine)
+    with lifecycle_engine.begin() as conn:
+        assert predictions.waiting_longer_than(conn, "test", 3600, 10) == []
+        assert task_id in predictions.waiting_longer_than(conn, "test", -3600, 10)  # "older than an hour ahead"
+        assert predictions.mark_requeued(conn, [task_id]) == [task_id]
+        assert predictions.waiting_longer_than(conn, "test", 60, 10) == []  # re-enqueued just now
