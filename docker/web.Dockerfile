@@ -39,13 +39,14 @@ COPY migrations/ migrations/
 COPY templates/ templates/
 COPY shared/ shared/
 COPY web/ web/
+COPY gunicorn_conf.py ./
 COPY worker/ worker/
 
 USER 10001:10001
 EXPOSE 80
 # Docker >= 20.10 lets unprivileged processes bind low ports inside a container's own network namespace
 # (net.ipv4.ip_unprivileged_port_start=0), so the app user can listen on 80.
-# web/gunicorn_conf.py: gevent workers, and the metrics folder's life cycle (PROMETHEUS_MULTIPROC_DIR is set
+# gunicorn_conf.py: gevent workers, and the metrics folder's life cycle (PROMETHEUS_MULTIPROC_DIR is set
 # where the web runs).
-CMD ["gunicorn", "-c", "python:web.gunicorn_conf", "--bind", "0.0.0.0:80", "--workers", "2", \
+CMD ["gunicorn", "-c", "python:gunicorn_conf", "--bind", "0.0.0.0:80", "--workers", "2", \
      "--access-logfile", "-", "web:create_app()"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 WEB_APP = "web:create_app()"
-GUNICORN_CONFIG = "python:web.gunicorn_conf"  # gevent workers, timeouts, metrics (web/gunicorn_conf.py)
+GUNICORN_CONFIG = "python:gunicorn_conf"  # gevent workers, timeouts, metrics (gunicorn_conf.py)
 CELERY_APP = "worker.celery_app"
 
 

@@ -81,7 +81,7 @@ def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_ur
     upgrade(database_url)
     flower_auth = local.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
     python = sys.executable
-    # gunicorn's workers add up their metrics through files in var/metrics (web/gunicorn_conf.py).
+    # gunicorn's workers add up their metrics through files in var/metrics (gunicorn_conf.py).
     web_env = env | {"PROMETHEUS_MULTIPROC_DIR": str((local.data_dir / "metrics").resolve())}
     web = stack.start("web", processes.web(f"127.0.0.1:{local.port}", local.web_workers, python,
                                            extra=["--access-logfile", "-"]), web_env)

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(16, description="Most files in one POST /predict (400 above it)")
     max_long_polls: int = Field(
         900, description="Requests per web process that may wait (?wait= on POST /predict or the status endpoints) "
-                         "at once; more are answered at once. Under gunicorn's gevent workers (web/gunicorn_conf.py) "
+                         "at once; more are answered at once. Under gunicorn's gevent workers (gunicorn_conf.py) "
                          "a wait is a greenlet: keep it below --worker-connections (1000). Under gthread workers it "
                          "would hold a thread: keep it below --threads")
     ingest_max_wait_ms: float = Field(

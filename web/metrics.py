@@ -2,7 +2,7 @@
 
 Under gunicorn every worker process counts on its own; with PROMETHEUS_MULTIPROC_DIR set (make run,
 compose and Kubernetes set it) prometheus_client keeps the counts in files there and /metrics adds up
-all processes. web/gunicorn_conf.py clears a dead worker's files.
+all processes. gunicorn_conf.py clears a dead worker's files.
 """
 
 from __future__ import annotations

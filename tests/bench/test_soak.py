@@ -73,7 +73,7 @@ def test_table_has_a_column_per_sample_and_a_row_per_series():
 
 def test_processes_are_labelled_by_role_from_their_command_lines():
     launcher = ["/v/bin/python", "-m", "scripts.run_local"]
-    master = ["/v/bin/python", "-m", "gunicorn", "-c", "python:web.gunicorn_conf", "web:create_app()"]
+    master = ["/v/bin/python", "-m", "gunicorn", "-c", "python:gunicorn_conf", "web:create_app()"]
     celery = ["/v/bin/python", "-m", "celery", "-A", "worker.celery_app", "worker"]
     assert role_of(launcher, ["bash"]) == "launcher"
     assert role_of(master, launcher) == "web master"

@@ -204,6 +204,12 @@ def test_dockerignore_keeps_secrets_and_bulk_out() -> None:
     assert rules[0] == "*", "an allow-list: everything is excluded unless named"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     assert not allowed & {".env", ".venv", ".git", "models", "var", "tests", "."}
+    # ...and everything a Dockerfile copies from the build context is let through (a file left out fails the build).
+    for dockerfile in DOCKERFILES:
+        for word, args in instructions(dockerfile):
+            if word == "COPY" and not args.startswith("--from"):
+                for source in args.split()[:-1]:
+                    assert source.rstrip("/").split("/")[0] in allowed, f"{dockerfile.name} copies {source}"
 
 
 # --- docker-compose.yml --------------------------------------------------------------------------------------------

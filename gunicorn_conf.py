@@ -1,4 +1,4 @@
-"""gunicorn settings the code needs (`gunicorn -c python:web.gunicorn_conf ...`); the rest is on the command line."""
+"""gunicorn settings the code needs (`gunicorn -c python:gunicorn_conf ...`); the rest is on the command line."""
 
 from __future__ import annotations
 

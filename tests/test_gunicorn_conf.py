@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+import gunicorn_conf
+from gunicorn_conf import clear_metrics_dir
 from shared.config import REPO_ROOT, child_environment
-from web import gunicorn_conf
-from web.gunicorn_conf import clear_metrics_dir
 
 # Every metric type, and a gauge in every multiprocess mode, in a process in multiprocess mode.
 WRITE_METRICS = """
