@@ -27,6 +27,8 @@ def _generated() -> dict[str, Any]:
     return doc
 
 
+FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length", "connection", "te", "trailer", "upgrade",
+                             "keep-alive", "expect", "host"})
 DESCRIPTION = _generated()
 schema = schemathesis.openapi.from_dict(DESCRIPTION)
 
@@ -41,6 +43,10 @@ def live_web(database_url: str, redis_url: str) -> Iterator[LiveStack]:
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_and_never_answers_500(case, live_web):
+    # Random extra headers may include HTTP's own framing (`Transfer-Encoding: Z`), which gunicorn's parser answers
+    # (501) before any of the app runs: that is the server's HTTP, not this API, so such headers are not sent.
+    for name in [n for n in (case.headers or {}) if n.lower() in FRAMING_HEADERS]:
+        del case.headers[name]
     case.call_and_validate(base_url=live_web.base_url,
                            checks=[not_a_server_error, status_code_conformance, response_schema_conformance])
 
