@@ -9,6 +9,11 @@ STRONG_MODEL := models/mnist_model_strong.h5
 MNIST_DIR ?= $(firstword $(wildcard ../shared/data/mnist))
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
+# make test runs the suite on several processes (pytest-xdist): most of its time is spent waiting on timers, faults
+# and other processes, so more of them than cores pays off. Each owns its MariaDB database, Redis database and
+# ports (tests/conftest.py); tests sharing a module's stack stay on one. TEST_WORKERS=1 runs them in one process.
+TEST_WORKERS ?= 4
+PARALLEL := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 BENCH_ARGS ?=
 
 .PHONY: help run test check lint lock model model-strong migrate bench clean
@@ -20,21 +25,28 @@ help:  ## list the targets
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed" or 0)'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 
 # What gets installed: the hash-pinned locks compiled from requirements/*.txt (`make lock`), never the loose files.
 LOCKS := requirements/locks
 
+# uv installs the locks (and compiles them: make lock); pip only bootstraps uv itself, hash-pinned.
+UV := $(VENV)/bin/uv
+UV_INSTALL := $(UV) pip install --python $(PY) --require-hashes
+
+$(UV): $(PY) $(LOCKS)/uv.txt
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCKS)/uv.txt
+	@touch $@
+
 # Stamps: reinstall only when a lock changed.
 # Then the project itself, editable (no dependencies: the lock has them all; no build isolation: the venv's
 # own setuptools builds it, nothing is fetched).
-$(VENV)/.installed-local: $(PY) $(LOCKS)/local.txt pyproject.toml
-	$(PY) -m pip install --require-hashes -r $(LOCKS)/local.txt
+$(VENV)/.installed-local: $(UV) $(LOCKS)/local.txt pyproject.toml
+	$(UV_INSTALL) -r $(LOCKS)/local.txt
 	$(PY) -m pip install --no-deps --no-build-isolation --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-dev: $(PY) $(LOCKS)/dev.txt pyproject.toml
-	$(PY) -m pip install --require-hashes -r $(LOCKS)/dev.txt
+$(VENV)/.installed-dev: $(UV) $(LOCKS)/dev.txt pyproject.toml
+	$(UV_INSTALL) -r $(LOCKS)/dev.txt
 	$(PY) -m pip install --no-deps --no-build-isolation --quiet -e .
 	@# kubectl (for kustomize) unless one with kustomize v5 is on PATH: see scripts/validate-k8s.sh
 	bash scripts/validate-k8s.sh install-kubectl
@@ -63,16 +75,17 @@ test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and R
 	@marker="$$($(PY) -m scripts.fast_tier marker)"; \
 	if [ -n "$$marker" ] && [ -z "$(PYTEST_ARGS)" ]; then \
 		echo "make check passed on this tree: running the tests that need services"; \
-		$(PY) -m pytest -m "$$marker"; \
+		$(PY) -m pytest $(PARALLEL) -m "$$marker"; \
 	else \
-		$(PY) -m pytest $(PYTEST_ARGS); \
+		$(PY) -m pytest $(or $(PYTEST_ARGS),$(PARALLEL)); \
 	fi
 
 # One lock per installable set: make run/test (local, dev), the images (web = web + flower, worker, training, gpu).
-UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+UV_COMPILE := $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
 
-lock: $(VENV)/.installed-dev  ## re-compile requirements/locks/*.txt (hashes) after editing requirements/*.txt
+lock: $(UV)  ## re-compile requirements/locks/*.txt (hashes) after editing requirements/*.txt
+	$(UV_COMPILE) requirements/uv.txt -o $(LOCKS)/uv.txt
 	$(UV_COMPILE) requirements/dev.txt -o $(LOCKS)/dev.txt
 	$(UV_COMPILE) requirements/local.txt -o $(LOCKS)/local.txt
 	$(UV_COMPILE) requirements/web.txt requirements/flower.txt -o $(LOCKS)/web.txt

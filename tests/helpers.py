@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from PIL import Image
@@ -35,6 +38,18 @@ class TestServices(BaseSettings):
 OWNER_TOKEN_SECRET = "test-owner-token-secret-" + "0123456789abcdef" * 2
 
 
+def worker_redis_url(url: str, worker_id: str) -> str:
+    """The Redis database of one pytest-xdist worker: "gwN" takes N databases below the configured one, so workers
+    flushing their own database never empty another's ("master", no xdist, keeps the configured one)."""
+    if not worker_id.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 0) - int(worker_id[2:])
+    if number < 0:
+        raise ValueError(f"{url}: too few Redis databases below it for xdist worker {worker_id}")
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
 def stored_owner(token: str) -> str:
     """The owner key the test session's web stores for this token."""
     return owner_key(token, OWNER_TOKEN_SECRET)
@@ -56,6 +71,17 @@ def eventually(condition: Callable[[], bool], timeout: float = 10) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def published(pubsub: Any, task_id: str, timeout: float = 5) -> dict[str, Any] | None:
+    """The next document published for this task on a subscribed pubsub, or None: the channel is server-wide in
+    Redis (not per database), so other test sessions' documents pass by and are skipped."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
+        if message is not None and (doc := json.loads(message["data"])).get("task_id") == task_id:
+            return doc
+    return None
 
 
 def slanted_stroke(slant: float) -> np.ndarray:

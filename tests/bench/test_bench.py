@@ -23,7 +23,9 @@ def test_multipart_body_carries_each_file_in_the_file_field():
 
 def test_bench_runs_every_scenario_and_reports_them(tmp_path: Path):
     out = tmp_path / "bench.json"
-    assert main(["--seconds", "1", "--warmup", "0.5", "--clients", "4", "--batch-clients", "2",
+    # Short, but long enough that every scenario finishes something while other test processes load the cores
+    # (with 1 s and 0.5 s, a first call's graph compile under load left a window empty).
+    assert main(["--seconds", "2", "--warmup", "2", "--clients", "4", "--batch-clients", "2",
                  "--images", "64", "--photos", "16", "--json", str(out)]) == 0
 
     results = json.loads(out.read_text())

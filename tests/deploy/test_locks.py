@@ -18,6 +18,7 @@ LOCKS = {
     "worker.txt": ["worker.txt"],
     "training.txt": ["training.txt"],
     "gpu.txt": ["gpu.txt"],
+    "uv.txt": ["uv.txt"],
 }
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==(\S+)")
 

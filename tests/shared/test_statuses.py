@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import redis as redis_lib
 
 from shared import predictions, retention, statuses
 from shared.predictions import NewUpload
 from shared.schema import State
+from tests.helpers import published
 
 
 @pytest.fixture
@@ -36,9 +35,9 @@ def test_a_document_whose_webhook_is_still_tried_is_published_but_not_cached(red
     pubsub.subscribe(statuses.FINISHED_CHANNEL)
     pubsub.get_message(timeout=1)
     statuses.cache_final(redis, [_doc(task_id, webhook={"state": "PENDING", "events": ["completed"]})], 60)
-    message = pubsub.get_message(timeout=5)
+    doc = published(pubsub, task_id)
     pubsub.close()
-    assert message is not None and json.loads(message["data"])["task_id"] == task_id
+    assert doc is not None
     assert redis.get(statuses.status_key(task_id)) is None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy import func, select
 from shared import predictions, retention, statuses
 from shared.config import Settings
 from shared.schema import IdempotencyKey, Prediction, State
-from tests.helpers import png_bytes, stored_owner
+from tests.helpers import png_bytes, published, stored_owner
 from web import create_app
 from web.metrics import CANCELED
 
@@ -93,8 +92,7 @@ def test_a_cancel_wakes_a_long_poll_through_the_cache(app, settings, mnist):
 
     assert app.test_client().post(f"/tasks/{task_id}/cancel", headers=_mine(token)).status_code == 200
 
-    message = listener.get_message(timeout=5)
-    assert message is not None and json.loads(message["data"])["task_id"] == task_id
+    assert published(listener, task_id) is not None
     cached = statuses.cached_final(redis.Redis.from_url(settings.redis_url), [task_id])
     assert cached[task_id]["state"] == "CANCELED"
     listener.close()
