@@ -89,7 +89,8 @@ def start_app(stack: Stack, local: LocalRunSettings, redis_url: str, database_ur
     heartbeat.unlink(missing_ok=True)  # a previous run's: the new worker's age counts from its start
     stack.start("worker", processes.worker(python, hostname="worker@%h"),
                 env | {"WORKER_HEARTBEAT_FILE": str(heartbeat)},
-                heartbeat=Watchdog(heartbeat, settings.worker_stall_seconds))
+                heartbeat=Watchdog(heartbeat, settings.worker_stall_seconds,
+                                            settings.worker_start_seconds))
     wait_for_port(local.port, web)
     log.info("web:    http://127.0.0.1:%d", local.port)
     if local.with_flower:

@@ -124,12 +124,17 @@ class Watchdog:
 
     path: Path
     stall_seconds: float
+    start_seconds: float = 0.0  # how long it may take to its first beat (loading a model on a busy machine)
 
     def stalled_for(self, lived: float) -> float | None:
-        """How long the child has shown no sign of progress, if longer than allowed (counted from its start)."""
+        """How long the child has shown no sign of progress, if longer than allowed: since its last beat, or since
+        its start while it has not beaten yet (then allowed the longer of start_seconds and stall_seconds, as a
+        Kubernetes startup probe would: a slow start on a loaded machine is not a hang, and killing it for one
+        would only start the same slow start again)."""
         age = heartbeat_age(self.path)
-        silent = lived if age is None else min(age, lived)
-        return silent if silent > self.stall_seconds else None
+        if age is None or age >= lived:  # no beat since this child started (the file may be a previous one's)
+            return lived if lived > max(self.stall_seconds, self.start_seconds) else None
+        return age if age > self.stall_seconds else None
 
 
 class Stack:

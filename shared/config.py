@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     worker_stall_seconds: float = Field(
         60.0, description="A worker whose batch has run this long, or whose heartbeat is this old, is hung: make run "
                           "restarts it, the liveness probe fails")
+    worker_start_seconds: float = Field(
+        120.0, description="How long make run lets a worker start (load its model, warm up) before its first "
+                           "heartbeat, when longer than WORKER_STALL_SECONDS: a slow start on a busy machine is not "
+                           "a hang (compose's healthcheck start_period and the liveness probe's initial delay play "
+                           "this part there)")
     model_cache_dir: Path | None = Field(
         None, description="Where a worker writes the ONNX form of a .h5 that came without one (converted once in a "
                           "short-lived process, which needs TensorFlow), named by the .h5's SHA-256; empty = beside "

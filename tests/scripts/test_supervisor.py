@@ -237,3 +237,16 @@ def test_a_heartbeat_counts_from_the_childs_start_not_from_an_old_file(tmp_path:
     assert watchdog.stalled_for(lived=5) is None  # just started: loading its model
     assert watchdog.stalled_for(lived=61) == pytest.approx(61)
     assert Watchdog(tmp_path / "missing", stall_seconds=60).stalled_for(lived=61) == pytest.approx(61)
+
+
+def test_a_worker_slow_to_start_is_given_its_start_time_before_its_first_beat(tmp_path: Path) -> None:
+    # On a loaded machine a worker can take longer than the stall limit to load its model: killing it then would
+    # only start the same slow start again, forever.
+    beat = tmp_path / "worker.heartbeat"
+    watchdog = Watchdog(beat, stall_seconds=6, start_seconds=120)
+    assert watchdog.stalled_for(lived=30) is None  # no beat yet, still within its start time
+    assert watchdog.stalled_for(lived=121) == pytest.approx(121)  # never started: hung in its start
+    beat.touch()
+    assert watchdog.stalled_for(lived=30) is None  # it beat: from now on the stall limit counts
+    os.utime(beat, (time.time() - 10, time.time() - 10))
+    assert watchdog.stalled_for(lived=30) == pytest.approx(10, abs=1)
