@@ -1,8 +1,10 @@
-"""Compare trained digit models on MNIST test, the user-style and the other-writers uploads; prints Markdown tables.
+"""Compare trained digit models on MNIST test, user-style, other-writers, styled-writers and held-out-font uploads;
+prints Markdown tables (overall, per digit on every set, per kind).
 
     python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
                                    [--user-style 2000] [--seed 2024]
                                    [--other-writers 2000] [--other-seed 1130]
+                                   [--styled 2000] [--fonts-per-glyph 4]
 
 Every image goes the way an upload does: encoded (PNG for MNIST, evaluation/userstyle.py's renderings
 for the user-style set, evaluation/otherwriters.py's low-resolution scans for the other-writers set; all
@@ -19,11 +21,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from evaluation import otherwriters
+from evaluation import otherwriters, writerstyles
 from evaluation.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
 from shared.config import REPO_ROOT, STRONG_MODEL_PATH, quiet_tensorflow_logs
 from shared.imaging import ImageRejected
@@ -71,8 +74,38 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         help=f"size of the other-writers set (default {otherwriters.DEFAULT_SIZE})")
     parser.add_argument("--other-seed", type=int, default=otherwriters.DEFAULT_SEED,
                         help=f"other-writers seed (default {otherwriters.DEFAULT_SEED})")
+    parser.add_argument("--styled", type=int, default=2000, help="size of the styled-writers set (default 2000)")
+    parser.add_argument("--fonts-per-glyph", type=int, default=4,
+                        help="captures of each digit of each held-out font (default 4)")
     parser.add_argument("--mnist", type=Path, default=MNIST_DIR, help=f"MNIST IDX directory (default {MNIST_DIR})")
     return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set, preprocessed once for every model."""
+
+    name: str
+    images: np.ndarray  # (N, 28, 28), NaN where preprocessing refused the upload
+    labels: np.ndarray
+    kinds: tuple[str, ...] = ()  # per upload, where the set has kinds
+
+
+def _uploads_set(name: str, uploads: Sequence[tuple[bytes, int, str]]) -> EvalSet:
+    return EvalSet(name, preprocess_all([data for data, _, _ in uploads]), np.array([lb for _, lb, _ in uploads]),
+                   tuple(kind for _, _, kind in uploads))
+
+
+def evaluation_sets(args: argparse.Namespace, mnist) -> list[EvalSet]:
+    """MNIST test (as PNG uploads), user-style, other writers, styled writers and held-out fonts."""
+    return [
+        EvalSet("MNIST test", preprocess_all([encode_png(d) for d in mnist.x_test]), np.asarray(mnist.y_test)),
+        _uploads_set("user-style", user_style_set(mnist.x_test, mnist.y_test, args.user_style, seed=args.seed)),
+        _uploads_set("other writers", otherwriters.other_writers_set(mnist.x_test, mnist.y_test, args.other_writers,
+                                                                     seed=args.other_seed)),
+        _uploads_set("styled writers", writerstyles.styled_set(mnist.x_test, mnist.y_test, args.styled)),
+        _uploads_set("held-out fonts", writerstyles.font_set(args.fonts_per_glyph)),
+    ]
 
 
 def _kind_table(title: str, kinds: Sequence[str], rows: list[tuple], column: int) -> None:
@@ -84,7 +117,27 @@ def _kind_table(title: str, kinds: Sequence[str], rows: list[tuple], column: int
         print(f"| {kind} | " + " | ".join(f"{row[column].get(kind, float('nan')):.3f}" for row in rows) + " |")
 
 
+def per_class(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy on each digit 0-9 (as "0".."9") and on all: the figures the per-class tables report."""
+    out = {str(d): float(np.mean(predicted[labels == d] == d)) for d in range(10) if (labels == d).any()}
+    out["all"] = float(np.mean(predicted == labels))
+    return out
+
+
+def _class_table(sets: list[EvalSet], rows: list[tuple]) -> None:
+    """Per-class accuracy on every set: one row per model and set, one column per digit."""
+    print("\nAccuracy per digit:\n")
+    print("| set | model | " + " | ".join(str(d) for d in range(10)) + " | all |")
+    print("|---|---|" + "---:|" * 11)
+    for i, evaluation in enumerate(sets):
+        for row in rows:
+            scores = per_class(evaluation.labels, row[3][i])
+            cells = " | ".join(f"{scores.get(str(d), float('nan')):.3f}" for d in range(10))
+            print(f"| {evaluation.name} | {row[0].name} | {cells} | {scores['all']:.4f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Score every model on every set; print the tables."""
     args = _arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_tensorflow_logs()
@@ -94,13 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model file(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
 
-    mnist = load_idx_dir(args.mnist)
     started = time.perf_counter()
-    mnist_images = preprocess_all([encode_png(d) for d in mnist.x_test])
-    user = user_style_set(mnist.x_test, mnist.y_test, args.user_style, seed=args.seed)
-    user_images = preprocess_all([data for data, _, _ in user])
-    other = otherwriters.other_writers_set(mnist.x_test, mnist.y_test, args.other_writers, seed=args.other_seed)
-    other_images = preprocess_all([data for data, _, _ in other])
+    sets = evaluation_sets(args, load_idx_dir(args.mnist))
     prep_s = time.perf_counter() - started
 
     from worker.model import Predictor
@@ -109,27 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.models:
         predictor = Predictor.load(path)
         t0 = time.perf_counter()
-        mnist_acc = float(np.mean(predict(predictor, mnist_images) == mnist.y_test))
-        infer_ms = (time.perf_counter() - t0) * 1000 / len(mnist_images)
-        user_scores = accuracy_by_kind([lb for _, lb, _ in user], [k for _, _, k in user],
-                                       predict(predictor, user_images))
-        other_scores = accuracy_by_kind([lb for _, lb, _ in other], [k for _, _, k in other],
-                                                     predict(predictor, other_images))
-        rows.append((path, predictor, _metadata(path), mnist_acc, user_scores, other_scores, infer_ms))
-
-    print(f"MNIST test: {len(mnist_images)} digits as PNG uploads; user-style: {args.user_style} uploads, "
-          f"seed {args.seed}; other writers: {args.other_writers} uploads, seed {args.other_seed}; "
-          f"all through shared.preprocessing.preprocess ({prep_s:.0f} s, shared by all models).\n")
-    print("| model | version | architecture | params | trained (s) | MNIST test | user-style | other writers "
-          "| ms/image (batched) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for path, predictor, meta, mnist_acc, user_scores, other_scores, infer_ms in rows:
-        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | "
-              f"{meta.get('parameters', '?')} | {meta.get('train_seconds', '')} | {mnist_acc:.4f} | "
-              f"{user_scores['all']:.4f} | {other_scores['all']:.4f} | {infer_ms:.3f} |")
-    _kind_table("User-style", KINDS, rows, 4)
-    _kind_table("Other-writers", otherwriters.KINDS, rows, 5)
+        predicted = [predict(predictor, evaluation.images) for evaluation in sets]
+        infer_ms = (time.perf_counter() - t0) * 1000 / sum(len(e.images) for e in sets)
+        rows.append((path, predictor, _metadata(path), predicted, infer_ms))
+    _print_tables(args, sets, rows, prep_s)
     return 0
+
+
+def _print_tables(args: argparse.Namespace, sets: list[EvalSet], rows: list[tuple], prep_s: float) -> None:
+    print(f"Sets: {', '.join(f'{e.name} {len(e.images)}' for e in sets)} (user-style seed {args.seed}, other "
+          f"writers seed {args.other_seed}); all through shared.preprocessing.preprocess ({prep_s:.0f} s, shared "
+          f"by all models).\n")
+    print("| model | version | architecture | params | trained (s) | " + " | ".join(e.name for e in sets)
+          + " | ms/image (batched) |")
+    print("|---|---|---|---:|---:|" + "---:|" * len(sets) + "---:|")
+    for path, predictor, meta, predicted, infer_ms in rows:
+        scores = " | ".join(f"{np.mean(p == e.labels):.4f}" for p, e in zip(predicted, sets, strict=True))
+        print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | "
+              f"{meta.get('parameters', '?')} | {meta.get('train_seconds', '')} | {scores} | {infer_ms:.3f} |")
+    _class_table(sets, rows)
+    for i, (evaluation, kinds) in enumerate([(sets[1], KINDS), (sets[2], otherwriters.KINDS)], start=1):
+        kind_rows = [(row[0], accuracy_by_kind(list(evaluation.labels), list(evaluation.kinds), row[3][i]))
+                     for row in rows]
+        _kind_table(evaluation.name, kinds, kind_rows, 1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.model_files import atomic_path, onnx_beside, sha256_of
-from training import captures
+from training import captures, fonts
 from training.architectures import ARCHITECTURES, AUGMENTATION
 from training.fit import VALIDATION_SEED, TrainResult
 from training.mnist_data import Mnist
@@ -73,6 +73,7 @@ def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: 
         "epochs": result.epochs,
         "train_samples": result.train_samples,
         "capture_copies": result.capture_copies,
+        "font_copies": result.font_copies,
         "seed": seed,
         "train_seconds": round(result.train_seconds, 2),
         "data_source": mnist.source,
@@ -84,6 +85,8 @@ def build_metadata(result: TrainResult, mnist: Mnist, model_version: str, seed: 
     }
     # What training saw besides MNIST's digits: the degraded copies, and the architecture's own augmentation.
     metadata["augmentation"] = [step for step in (captures.RECIPE if result.captures else None,
+                                                  captures.STYLES_RECIPE if result.styles else None,
+                                                  fonts.RECIPE if result.font_copies else None,
                                                   AUGMENTATION[result.architecture]) if step]
     metadata["parameters"] = int(result.model.count_params())
     if result.architecture != "seed":

@@ -20,17 +20,25 @@ from PIL import Image
 
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess_gray
+from training.styles import STYLE_EDITS, elastic
 
 # The steps, for the metadata: what training saw besides MNIST's own digits.
 RECIPE = ("one degraded copy of every training digit: width x0.65-1.4 (the writer's proportions); "
           "strokes thicker (2x2 max) or thinner (2x2 min) on a third each; on 80%, a low-resolution "
           "capture (the 28 px image box-averaged to 9-20 px, so a 20 px digit to 6-14 px; 16 grey levels; "
           "enlarged back bilinearly); then enlarged to 84 px and put through the workers' preprocessing")
+STYLES_RECIPE = ("before degrading, on 35% of the copies of 1s, 4s, 7s and 9s: a flag and foot, a closed top, a "
+                 "crossbar, a curled tail (training/styles.py); on half of all copies, an elastic distortion "
+                 "(alpha 8-34, sigma 4)")
 _WIDTHS = (0.65, 1.4)  # width against height, as writers' proportions differ from MNIST's
 _LOW_RESOLUTION_SHARE = 0.8
 _SCAN_SIDES = (9, 20)  # the 28 px image scanned at this many px (inclusive): the 20 px digit at 6-14 px
 _LEVELS = 16
 _UPLOAD_SIDE = 84  # well above MNIST's 28 px: preprocessing treats the copy as a capture (re-sharpens it)
+_STYLE_SHARE = 0.35  # of the copies of 1s, 4s, 7s and 9s: flagged, closed, crossed, curled
+_ELASTIC_SHARE = 0.5
+_ELASTIC_ALPHA = (8.0, 34.0)  # Simard et al.'s alpha (34) at most, milder on most
+_ELASTIC_SIGMA = 4.0
 _CHUNKS = 16  # fixed, so the copies are the same whatever the number of processes
 _MAX_PROCESSES = 4
 
@@ -85,12 +93,25 @@ def as_served(image: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _copies(job: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+def restyle(image: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
+    """On 35% of the 1s, 4s, 7s and 9s, the style MNIST lacks (training/styles.py); then, on half of all digits, an
+    elastic distortion."""
+    edit = STYLE_EDITS.get(label)
+    if edit is not None and rng.random() < _STYLE_SHARE:
+        image = edit(image, rng)
+    if rng.random() < _ELASTIC_SHARE:
+        image = elastic(image, rng, alpha=float(rng.uniform(*_ELASTIC_ALPHA)), sigma=_ELASTIC_SIGMA)
+    return image
+
+
+def _copies(job: tuple[np.ndarray, np.ndarray, int, bool]) -> tuple[np.ndarray, np.ndarray]:
     """Served degraded copies of a chunk of digits, and the indices (in the chunk) of those kept."""
-    images, seed = job
+    images, labels, seed, styles = job
     rng = np.random.default_rng(seed)
     served, kept = [], []
-    for i, image in enumerate(images):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        if styles:
+            image = restyle(image, int(label), rng)
         copy = as_served(degrade(image, rng))
         if copy is not None:
             served.append(copy)
@@ -98,14 +119,14 @@ def _copies(job: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(served, dtype=np.float32).reshape(-1, 28, 28), np.asarray(kept, dtype=np.int64)
 
 
-def with_captures(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The digits (N, 28, 28) in [0, 1] followed by a served degraded copy of each; their labels likewise."""
+def served_copies(x: np.ndarray, y: np.ndarray, seed: int, styles: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A served degraded copy (N', 28, 28) of each digit (N, 28, 28) in [0, 1] that preprocessing accepts, and
+    their labels. ``styles``: each copy gets other writers' styles and an elastic distortion first (``restyle``)."""
     chunks = [c for c in np.array_split(np.arange(len(x)), _CHUNKS) if len(c)]
-    jobs = [(x[c], seed * 1_000 + i) for i, c in enumerate(chunks)]
+    jobs = [(x[c], y[c], seed * 1_000 + i, styles) for i, c in enumerate(chunks)]
     processes = min(_MAX_PROCESSES, len(os.sched_getaffinity(0)), len(jobs)) or 1
     # spawn: the training process may already hold TensorFlow's threads, which a fork would not carry over.
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(_copies, jobs))
-    copies = [images for images, _ in results]
     labels = [y[c][kept] for c, (_, kept) in zip(chunks, results, strict=True)]
-    return np.concatenate([x, *copies]), np.concatenate([y, *labels])
+    return np.concatenate([images for images, _ in results]), np.concatenate(labels)

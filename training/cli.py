@@ -14,6 +14,7 @@ from shared.config import quiet_tensorflow_logs
 from training.architectures import ARCHITECTURES, DEFAULT_MIN_ACCURACY
 from training.artifacts import build_metadata, save_model
 from training.fit import train
+from training.fonts import PER_FAMILY
 from training.mnist_data import MnistDataError, load_mnist
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-captures", dest="captures", action="store_false",
                         help="train without the degraded copies of each digit (low-resolution captures, other "
                              "proportions and stroke widths; training/captures.py)")
+    parser.add_argument("--no-styles", dest="styles", action="store_false",
+                        help="degraded copies without other writers' styles and elastic distortions "
+                             "(training/styles.py)")
+    parser.add_argument("--font-copies", dest="fonts", type=int, default=PER_FAMILY,
+                        help=f"copies of each digit of each font family trained on (default {PER_FAMILY}; 0: none; "
+                             "training/fonts.py)")
     parser.add_argument("--force", action="store_true",
                         help="retrain even if the output file already exists")
     args = parser.parse_args(argv)
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     result = train(mnist, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-                   architecture=args.architecture, deskewed=args.deskew, captures=args.captures)
+                   architecture=args.architecture, deskewed=args.deskew, captures=args.captures,
+                   styles=args.styles, fonts=args.fonts)
     if result.test_accuracy < args.min_accuracy:
         # Not saved: a worker must never pick up a model that failed the bar.
         log.error("test accuracy %.4f is below --min-accuracy %.4f; model not saved",

@@ -22,7 +22,8 @@ from training.architectures import (
     build_model,
     build_strong_model,
 )
-from training.captures import with_captures
+from training.captures import served_copies
+from training.fonts import PER_FAMILY, font_copies
 from training.mnist_data import Mnist
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class TrainResult:
     batch_size: int = 32
     deskewed: bool = True
     captures: bool = True
+    styles: bool = False  # the copies restyled (training/styles.py)
+    font_copies: int = 0  # copies of the fonts' digits trained on besides (training/fonts.py)
 
 
 def normalise(x: np.ndarray, deskewed: bool = True) -> np.ndarray:
@@ -146,26 +149,47 @@ def _seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def _training_set(mnist: Mnist, limit: int | None, seed: int, captures: bool, styles: bool,
+                  fonts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """(x_train, y_train, x_val, y_val, MNIST images, font copies): MNIST's training split less the held-out images,
+    then its degraded (and restyled) copies, then the font digits' copies; floats in [0, 1], not yet deskewed.
+
+    The fonts' copies take the place of as many copies of MNIST's digits (a seeded sample is left out), so the
+    training set, and with it the training time, stays the size it was without them."""
+    x_all = np.asarray(mnist.x_train[:limit], dtype=np.float32) / 255.0
+    x_train, y_train, x_val, y_val = split_validation(x_all, mnist.y_train[:limit])
+    extra_x, extra_y = [np.zeros((0, 28, 28), np.float32)], [np.zeros(0, np.int64)]
+    if captures:
+        copies, labels = served_copies(x_train, y_train, seed, styles=styles)
+        extra_x, extra_y = [copies], [labels.astype(np.int64)]
+    font_count = 0
+    if fonts:
+        x_font, y_font = font_copies(seed, per_family=fonts)
+        keep = np.sort(np.random.default_rng([seed, 55]).permutation(len(extra_x[0]))[len(x_font):])
+        extra_x, extra_y = [extra_x[0][keep], x_font], [extra_y[0][keep], y_font]
+        font_count = len(x_font)
+    return (np.concatenate([x_train, *extra_x]), np.concatenate([y_train.astype(np.int64), *extra_y]), x_val, y_val,
+            len(x_train), font_count)
+
+
 def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = None, seed: int = 1,
           limit: int | None = None, architecture: str = "seed", deskewed: bool = True,
-          captures: bool = True) -> TrainResult:
+          captures: bool = True, styles: bool = True, fonts: int = PER_FAMILY) -> TrainResult:
     """Train ``architecture`` on ``mnist``'s training split (its first ``limit`` images if given), less the held-out
     validation images; score it on the test split once. ``deskewed``: train on (and score) deskewed digits, as
     the workers will then serve them (shared/deskew.py). ``captures``: train on one degraded copy of each training
-    digit too (training/captures.py); validation and test digits stay MNIST's own.
-
-    ``epochs`` and ``batch_size`` default to the architecture's own (DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE).
+    digit too (training/captures.py), ``styles`` restyled first (other writers' 1, 4, 7 and 9; elastic
+    distortions); ``fonts``: and on that many copies of each digit of each font family (training/fonts.py; 0:
+    none). Validation and test digits
+    stay MNIST's own. ``epochs`` and ``batch_size`` default to the architecture's own (DEFAULT_EPOCHS, ...).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}")
     epochs = epochs or DEFAULT_EPOCHS[architecture]
     batch_size = batch_size or DEFAULT_BATCH_SIZE[architecture]
     _seed_everything(seed)
-    x_all = np.asarray(mnist.x_train[:limit], dtype=np.float32) / 255.0
-    x_train, y_train, x_val, y_val = split_validation(x_all, mnist.y_train[:limit])
-    mnist_samples = len(x_train)
-    if captures:
-        x_train, y_train = with_captures(x_train, y_train, seed)
+    x_train, y_train, x_val, y_val, mnist_samples, font_count = _training_set(mnist, limit, seed, captures,
+                                                                              styles, fonts)
     x_train, x_val = normalise(x_train, deskewed), normalise(x_val, deskewed)
 
     log.info("training %s on %d %simages (%d held out for validation), %d epoch(s), batch size %d, seed %d",
@@ -186,5 +210,6 @@ def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = N
                        validation_samples=len(x_val), test_loss=float(test_loss),
                        test_accuracy=float(test_accuracy), test_samples=len(mnist.x_test),
                        train_seconds=train_seconds, train_samples=mnist_samples,
-                       capture_copies=len(x_train) - mnist_samples, epochs=epochs,
-                       architecture=architecture, batch_size=batch_size, deskewed=deskewed, captures=captures)
+                       capture_copies=len(x_train) - mnist_samples - font_count, epochs=epochs,
+                       architecture=architecture, batch_size=batch_size, deskewed=deskewed, captures=captures,
+                       styles=captures and styles, font_copies=font_count)

@@ -24,9 +24,7 @@ def test_a_degraded_copy_is_a_digit_in_range_with_its_ink_level_kept() -> None:
 
 def test_copies_are_served_like_uploads_and_follow_their_labels() -> None:
     x, y = _digits(40)
-    x_all, y_all = captures.with_captures(x, y, seed=3)
-    np.testing.assert_array_equal(x_all[:40], x)  # the originals first, untouched
-    copies, labels = x_all[40:], y_all[40:]
+    copies, labels = captures.served_copies(x, y, seed=3)
     assert 0 < len(copies) <= 40 and len(labels) == len(copies)
     assert all(is_mnist_form(copy) for copy in copies)  # what the workers' preprocessing makes
     assert set(labels.tolist()) <= set(y.tolist())
@@ -34,6 +32,6 @@ def test_copies_are_served_like_uploads_and_follow_their_labels() -> None:
 
 def test_the_copies_are_the_same_for_a_seed_and_differ_for_another() -> None:
     x, y = _digits(20)
-    first, again, other = (captures.with_captures(x, y, seed)[0] for seed in (5, 5, 6))
+    first, again, other = (captures.served_copies(x, y, seed)[0] for seed in (5, 5, 6))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.model_files import recorded_source
-from training import captures
+from training import captures, fonts
 from training.cli import main
 from training.fit import VALIDATION_SEED
 from training.mnist_data import EXPECTED_SHA256
@@ -23,8 +23,8 @@ OFFLINE_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 METADATA_FIELDS = {
     "model_version", "architecture", "test_accuracy", "test_loss", "test_samples", "validation_accuracy",
-    "validation_loss", "validation_samples", "validation_seed", "deskew", "augmentation", "capture_copies", "epochs",
-    "train_samples", "seed",
+    "validation_loss", "validation_samples", "validation_seed", "deskew", "augmentation", "capture_copies",
+    "font_copies", "epochs", "train_samples", "seed",
     "train_seconds", "data_source", "data_sha256", "trained_at", "tensorflow_version", "keras_version",
     "python_version", "parameters", "sha256",
 }
@@ -42,7 +42,8 @@ def _quick_train(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Train once for the module: 3,000 images, 1 epoch (a few seconds on 2 cores)."""
-    return _quick_train(tmp_path_factory, "m", "--limit", "3000", "--epochs", "1", "--min-accuracy", "0.80")
+    return _quick_train(tmp_path_factory, "m", "--limit", "3000", "--epochs", "1", "--min-accuracy", "0.80",
+                        "--font-copies", "1")
 
 
 def test_model_file_has_the_seed_architecture(trained: Path) -> None:
@@ -69,8 +70,13 @@ def test_metadata_describes_the_saved_file(trained: Path) -> None:
     assert (metadata["train_samples"], metadata["validation_samples"], metadata["test_samples"]) == (2750, 250, 10000)
     assert metadata["validation_seed"] == VALIDATION_SEED
     assert metadata["deskew"] is True  # trained on deskewed digits: workers serve it deskewed ones
-    assert metadata["augmentation"] == [captures.RECIPE]  # the seed CNN's only augmentation: degraded copies
-    assert 2500 <= metadata["capture_copies"] <= 2750  # one per training image, less the few preprocessing refuses
+    # The seed CNN's only augmentation: degraded copies, restyled, and the fonts' digits.
+    assert metadata["augmentation"] == [captures.RECIPE, captures.STYLES_RECIPE, fonts.RECIPE]
+    _, families, held_out = fonts.load_font_digits()
+    trained_families = len(set(families[~held_out]))
+    assert 0.95 * 10 * trained_families <= metadata["font_copies"] <= 10 * trained_families  # one of each digit
+    # One copy per training image, less the few preprocessing refuses; the fonts' copies take some copies' places.
+    assert 2500 <= metadata["capture_copies"] + metadata["font_copies"] <= 2750
     assert 0.80 <= metadata["validation_accuracy"] <= 1.0
     assert metadata["data_sha256"] == EXPECTED_SHA256
     assert datetime.fromisoformat(metadata["trained_at"]).utcoffset().total_seconds() == 0
@@ -115,7 +121,7 @@ def trained_strong(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The strong architecture, briefly: 2,000 images, 1 epoch (a few seconds on 2 cores)."""
     # Batch size 32: enough steps in one short epoch for the BatchNorm statistics to settle.
     return _quick_train(tmp_path_factory, "s", "--architecture", "strong", "--limit", "2000", "--epochs", "1",
-                        "--batch-size", "32", "--min-accuracy", "0.5")
+                        "--batch-size", "32", "--min-accuracy", "0.5", "--font-copies", "1")
 
 
 def test_strong_model_loads_plainly_with_the_expected_structure(trained_strong: Path) -> None:
@@ -155,7 +161,7 @@ def test_strong_metadata(trained_strong: Path) -> None:
     assert metadata["epochs"] == 1 and metadata["batch_size"] == 32
     assert (metadata["train_samples"], metadata["validation_samples"]) == (1833, 167)
     assert 0.5 <= metadata["test_accuracy"] <= 1.0
-    assert metadata["augmentation"][0] == captures.RECIPE and "rotation" in metadata["augmentation"][1]
+    assert metadata["augmentation"][0] == captures.RECIPE and "rotation" in metadata["augmentation"][-1]
     assert metadata["parameters"] > 0
 
 
