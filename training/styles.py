@@ -14,13 +14,16 @@ Every function takes and returns one 28x28 float digit in [0, 1] (white ink on b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 SCALE = 4  # strokes are drawn at 4x MNIST's resolution, then averaged down: anti-aliased like MNIST's own
 Point = tuple[float, float]
+Edit = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # a digit and a generator -> the digit restyled
 
 
 def stroke_width(ink: np.ndarray) -> float:
@@ -58,23 +61,41 @@ def _draw(image: np.ndarray, strokes: list[list[Point]], width: float) -> np.nda
     return np.maximum(image, np.asarray(small, np.float32) / 255.0)
 
 
-def _geometry(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float] | None:
-    """(ink rows, ink cols, height, stroke width) of the digit in 28 px units; None for a blank image."""
+class Ink(NamedTuple):
+    """Where a digit's ink is, in 28 px units: what every edit finds its stroke's place from."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    height: float
+    width: float  # stroke width
+
+
+def _geometry(image: np.ndarray) -> Ink | None:
+    """The digit's ink (rows, cols, height, stroke width); None for a blank image."""
     rows, cols = np.nonzero(image > 0.4)
     if len(rows) < 4:
         return None
     big = np.asarray(Image.fromarray(image).resize((image.shape[1] * SCALE, image.shape[0] * SCALE),
                                                    Image.Resampling.BILINEAR))
     width = float(np.clip(stroke_width(big) / SCALE, 1.2, 4.0))
-    return rows, cols, float(rows.max() - rows.min() + 1), width
+    return Ink(rows, cols, float(rows.max() - rows.min() + 1), width)
 
 
-def flag_one(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _on_ink(edit: Callable[[np.ndarray, Ink, np.random.Generator], np.ndarray]) -> Edit:
+    """The edit given the digit's ink; a blank image is returned as it is."""
+
+    @functools.wraps(edit)
+    def run(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        found = _geometry(image)
+        return image if found is None else edit(image, found, rng)
+
+    return run
+
+
+@_on_ink
+def flag_one(image: np.ndarray, ink: Ink, rng: np.random.Generator) -> np.ndarray:
     """A 1 with a long flag from its top, down to the left, and (on most) a foot across its base."""
-    found = _geometry(image)
-    if found is None:
-        return image
-    rows, cols, height, width = found
+    rows, cols, height, width = ink
     top, bottom = rows.min(), rows.max()
     top_x, bottom_x = float(cols[rows == top].mean()), float(cols[rows == bottom].mean())
     length = height * rng.uniform(0.2, 0.45)
@@ -86,12 +107,10 @@ def flag_one(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _draw(image, strokes, width * rng.uniform(0.8, 1.1))
 
 
-def close_four(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+@_on_ink
+def close_four(image: np.ndarray, ink: Ink, rng: np.random.Generator) -> np.ndarray:
     """A 4 closed at the top: its left arm redrawn as a diagonal from the stem's top down to the crossbar's end."""
-    found = _geometry(image)
-    if found is None:
-        return image
-    rows, cols, height, width = found
+    rows, cols, height, width = ink
     top = rows.min()
     band = [r for r in range(int(top + 0.4 * height), int(top + 0.8 * height) + 1) if (rows == r).any()]
     if not band:
@@ -111,12 +130,10 @@ def close_four(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _draw(out, [[(stem_x, stem_top), (bar_left, float(bar))]], width * rng.uniform(0.8, 1.1))
 
 
-def cross_seven(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+@_on_ink
+def cross_seven(image: np.ndarray, ink: Ink, rng: np.random.Generator) -> np.ndarray:
     """A 7 with a bar across its stem, about half-way down."""
-    found = _geometry(image)
-    if found is None:
-        return image
-    rows, cols, height, width = found
+    rows, cols, height, width = ink
     row = int(round(rows.min() + height * rng.uniform(0.45, 0.62)))
     at_row = cols[rows == row]
     if not len(at_row):
@@ -129,12 +146,10 @@ def cross_seven(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _draw(image, [bar], width * rng.uniform(0.8, 1.1))
 
 
-def curl_nine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+@_on_ink
+def curl_nine(image: np.ndarray, ink: Ink, rng: np.random.Generator) -> np.ndarray:
     """A 9 whose tail curves: from the tail's end, a hook round to the left and up."""
-    found = _geometry(image)
-    if found is None:
-        return image
-    rows, cols, height, width = found
+    rows, cols, height, width = ink
     bottom = rows.max()
     end = (float(cols[rows == bottom].mean()), float(bottom))
     reach = height * rng.uniform(0.15, 0.3)
@@ -148,6 +163,6 @@ def curl_nine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # Digit -> the edit that draws the style MNIST lacks for it.
-STYLE_EDITS: dict[int, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+STYLE_EDITS: dict[int, Edit] = {
     1: flag_one, 4: close_four, 7: cross_seven, 9: curl_nine,
 }
