@@ -67,3 +67,32 @@ def test_the_web_image_lock_holds_no_tensorflow() -> None:
 def test_the_worker_image_lock_holds_no_tensorflow() -> None:
     locked = set(_pins(REQUIREMENTS / "locks" / "worker.txt"))
     assert "onnxruntime" in locked and not {"tensorflow", "tensorflow-cpu", "keras", "h5py"} & locked
+
+
+def _third_party_imports(folders: list[str]) -> set[str]:
+    """Top-level modules imported anywhere (lazily too) in the folders' code, less the standard library and ours."""
+    import ast
+    import sys
+
+    ours = {"shared", "web", "worker", "training", "evaluation", "bench", "scripts", "tests"}
+    found: set[str] = set()
+    for folder in folders:
+        for path in (REQUIREMENTS.parent / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    found |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m not in ours and m != "__future__"}
+
+
+def test_the_training_lock_holds_every_package_training_imports() -> None:
+    # make model installs only the local lock, and the trainer image only the training one: a package that the
+    # dev lock happens to bring would pass every test and fail the first fresh `make model` (as scipy did).
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    locked = _pins(REQUIREMENTS / "locks" / "training.txt")
+    for module in sorted(_third_party_imports(["training", "shared"])):
+        names = {_name(d) for d in distributions.get(module, [module])}
+        assert names & set(locked), f"training imports {module} ({', '.join(sorted(names))}), not in locks/training.txt"
