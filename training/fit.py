@@ -180,8 +180,9 @@ def train(mnist: Mnist, *, epochs: int | None = None, batch_size: int | None = N
     the workers will then serve them (shared/deskew.py). ``captures``: train on one degraded copy of each training
     digit too (training/captures.py), ``styles`` restyled first (other writers' 1, 4, 7 and 9; elastic
     distortions); ``fonts``: and on that many copies of each digit of each font family (training/fonts.py; 0:
-    none). Validation and test digits
-    stay MNIST's own. ``epochs`` and ``batch_size`` default to the architecture's own (DEFAULT_EPOCHS, ...).
+    none), in place of as many copies. Validation and test digits stay MNIST's own.
+
+    ``epochs`` and ``batch_size`` default to the architecture's own (DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}")
