@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.userstyle import encode_png
+from training.styles import stroke_width  # one measure of a pen, shared with training's edits
 
 DEFAULT_SEED = 1130
 DEFAULT_SIZE = 2000
@@ -128,15 +129,6 @@ def _hand(digit: np.ndarray, stretch: float, shear: float) -> np.ndarray:
 def _disc(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     return xx * xx + yy * yy <= radius * radius + radius  # a rounder disc than the strict one at small radii
-
-
-def stroke_width(ink: np.ndarray) -> float:
-    """Mean stroke width of ``ink`` in px: 2 x area / perimeter of its mask (a long stroke of width w: 2wL / 2L)."""
-    from scipy import ndimage
-
-    mask = ink > 0.5
-    perimeter = np.count_nonzero(mask & ~ndimage.binary_erosion(mask))
-    return 2.0 * np.count_nonzero(mask) / max(int(perimeter), 1)
 
 
 def _pen(ink: np.ndarray, target: float) -> np.ndarray:
