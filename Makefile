@@ -30,8 +30,10 @@ $(PY):
 LOCKS := requirements/locks
 
 # uv installs the locks (and compiles them: make lock); pip only bootstraps uv itself, hash-pinned.
+# --compile-bytecode: uv, unlike pip, writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set (CI
+# here) every process that imports TensorFlow then compiles its ~2,600 modules again: ~10 s of CPU each.
 UV := $(VENV)/bin/uv
-UV_INSTALL := $(UV) pip install --python $(PY) --require-hashes
+UV_INSTALL := $(UV) pip install --python $(PY) --require-hashes --compile-bytecode
 
 $(UV): $(PY) $(LOCKS)/uv.txt
 	$(PY) -m pip install --quiet --require-hashes -r $(LOCKS)/uv.txt
