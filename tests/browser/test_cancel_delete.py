@@ -117,6 +117,17 @@ def test_a_cancel_that_loses_the_race_shows_the_answer_that_won(browser, idle_st
         page.context.close()
 
 
+def test_a_history_redrawn_by_a_new_answer_keeps_the_keyboard_on_the_same_delete_button(page, stack, mnist):
+    page, _ = page
+    upload_and_wait_for_answer(page, "kept.png", png_bytes(mnist.x_test[1]))
+    history_row(page, "kept.png").get_by_role("button", name="Delete kept.png").focus()
+    first = history_row(page, "kept.png").element_handle()
+    # Another answer comes in and the history is read again: the row is drawn anew, the focus follows it.
+    upload_and_wait_for_answer(page, "later.png", png_bytes(mnist.x_test[2]))
+    assert page.evaluate("(row) => !row.isConnected", first)  # redrawn, not kept
+    assert _focused(page) == "Delete kept.png"
+
+
 def test_a_history_row_is_deleted_only_once_the_visitor_confirms(page, stack, mnist, screenshot):
     page, _ = page
     upload_and_wait_for_answer(page, "keep.png", png_bytes(mnist.x_test[1]))

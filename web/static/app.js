@@ -626,7 +626,14 @@ const history = {
       return;
     }
     this.total = page.total;
-    document.querySelector("#history tbody").replaceChildren(...page.items.map((item) => this.row(item)));
+    const body = document.querySelector("#history tbody");
+    // A redraw (an answer came in) keeps the keyboard where it was: on the same upload's Delete if still listed.
+    const focused = body.contains(document.activeElement) ? document.activeElement.closest("tr").dataset.taskId : null;
+    body.replaceChildren(...page.items.map((item) => this.row(item)));
+    if (focused) {
+      const again = Array.from(body.querySelectorAll("tr")).find((tr) => tr.dataset.taskId === focused);
+      if (again) again.querySelector("button.delete").focus();
+    }
     $("history-page").textContent = page.total ? `Page ${page.page} of ${pages} (${page.total} in all)` : "Empty";
     $("history-prev").disabled = this.page <= 1;
     $("history-next").disabled = this.page >= pages;
@@ -635,6 +642,7 @@ const history = {
 
   row(item) {
     const tr = document.createElement("tr");
+    tr.dataset.taskId = item.task_id;
     ["when", "file", "state", "digit", "confidence", "model"].forEach((column) => tr.append(historyCell(item, column)));
     const actions = document.createElement("td");
     actions.className = "actions";
