@@ -115,7 +115,7 @@ def close_four(image: np.ndarray, ink: Ink, rng: np.random.Generator) -> np.ndar
     band = [r for r in range(int(top + 0.4 * height), int(top + 0.8 * height) + 1) if (rows == r).any()]
     if not band:
         return image
-    bar = max(band, key=lambda r: int(np.ptp(cols[rows == r])))  # the widest row: the crossbar
+    bar = max(band, key=lambda r: int(np.count_nonzero(rows == r)))  # the row with the most ink: the crossbar
     below = cols[rows > bar + width]
     if rows.max() - bar < 0.15 * height or not len(below):
         return image  # no stem below the crossbar to speak of: not a 4 this edit can read
@@ -127,7 +127,12 @@ def close_four(image: np.ndarray, ink: Ink, rng: np.random.Generator) -> np.ndar
         return image
     out = image.copy()
     out[: int(bar - width), : int(stem_x - width)] = 0.0  # the old open arm
-    return _draw(out, [[(stem_x, stem_top), (bar_left, float(bar))]], width * rng.uniform(0.8, 1.1))
+    strokes = [[(stem_x, stem_top), (bar_left, float(bar))]]
+    bar_right = float(cols[np.abs(rows - bar) <= 1].max())
+    if bar_right < stem_x + 1.5 * width:
+        # A closed 4 is told from a 9 by its crossbar going on past the stem; MNIST's open 4s often stop there.
+        strokes.append([(stem_x, float(bar)), (stem_x + (stem_x - bar_left) * rng.uniform(0.3, 0.5), float(bar))])
+    return _draw(out, strokes, width * rng.uniform(0.8, 1.1))
 
 
 @_on_ink

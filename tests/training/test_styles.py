@@ -42,6 +42,16 @@ def test_a_closed_four_joins_its_stem_top_to_its_crossbar_and_drops_the_open_arm
     assert _ink(out, slice(9, 13), slice(11, 16)) > _ink(OPEN_FOUR, slice(9, 13), slice(11, 16)) + 1  # diagonal
 
 
+def test_a_closed_four_whose_crossbar_stopped_at_the_stem_gets_it_carried_past_the_stem() -> None:
+    stopped = _drawn([(9, 4), (9, 16), (17, 16)], [(17, 6), (17, 24)])
+    right_of_stem = (slice(14, 19), slice(19, 28))
+    out = styles.close_four(stopped, np.random.default_rng(2))
+    assert _ink(out, *right_of_stem) > _ink(stopped, *right_of_stem) + 1  # unlike a 9's loop, a 4's bar goes on
+    # A crossbar that already goes on past the stem is left as it was there.
+    crossed = styles.close_four(OPEN_FOUR, np.random.default_rng(2))
+    assert _ink(crossed, slice(14, 19), slice(22, 28)) == pytest.approx(_ink(OPEN_FOUR, slice(14, 19), slice(22, 28)))
+
+
 def test_a_crossed_seven_gets_a_bar_half_way_down_its_stem() -> None:
     out = styles.cross_seven(SEVEN, np.random.default_rng(3))
     band = slice(11, 19)
