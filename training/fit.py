@@ -54,7 +54,7 @@ class TrainResult:
     deskewed: bool = True
     captures: bool = True
     styles: bool = False  # the copies restyled (training/styles.py)
-    font_copies: int = 0  # copies of the fonts' digits trained on besides (training/fonts.py)
+    font_copies: int = 0  # copies of the fonts' digits, in place of as many degraded copies (training/fonts.py)
 
 
 def normalise(x: np.ndarray, deskewed: bool = True) -> np.ndarray:
