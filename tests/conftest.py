@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from _pytest.nodeid import coerce_node_id
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
@@ -20,6 +18,7 @@ from shared.config import REPO_ROOT, Settings
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade
 from tests.helpers import OWNER_TOKEN_SECRET, TestServices, worker_redis_url
+from tests.scheduling import starts_processes
 from web import create_app
 
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -36,53 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests that need services (and every e2e, fault or browser test, which starts processes); name,
-    group and order them for pytest-xdist (`make test` runs the suite on several processes)."""
-    unique_node_ids(items)
-    grouped = config.getoption("dist", "no") == "loadgroup"
+    """Mark the tests that need services (and every e2e, fault or browser test, which starts processes); the
+    scheduling plugin then names, groups and orders them for pytest-xdist."""
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
         if uses & SERVICE_FIXTURES or starts_processes(item):
             item.add_marker(pytest.mark.services)
-        if grouped and shares_a_module_fixture(item):
-            # One xdist worker takes the whole module (--dist loadgroup), so its stack or model starts once.
-            rename(item, f"{item.nodeid}@{item.nodeid.split('::', 1)[0]}")
-    # The long ones (stacks of processes, minutes of faults) start first, so no worker is left with one at the end;
-    # with --no-loadscope-reorder, xdist hands out work in this order. Otherwise the order stays as collected.
-    items.sort(key=lambda item: not starts_processes(item))
-
-
-def rename(item: pytest.Item, node_id: str) -> None:
-    """Give the test another node id: the one xdist schedules by and reports name."""
-    # pytest 9 keeps the id structured in `_id`; xdist's own xdist_group renaming still writes the old `_nodeid`,
-    # which pytest 9 no longer reads, so its groups would silently not form. Checked, so a pytest upgrade that
-    # changes this again fails here instead of dropping or splitting tests.
-    item._id = coerce_node_id(node_id)
-    assert item.nodeid == node_id, f"cannot rename tests with this pytest: {item.nodeid} is not {node_id}"
-
-
-def unique_node_ids(items: list[pytest.Item]) -> None:
-    """Give tests that share a node id one of their own: schemathesis names every operation's test alike, and
-    pytest-xdist schedules by node id, so it would run one of them and silently drop the rest."""
-    seen = Counter(item.nodeid for item in items)
-    for item in items:
-        if seen[item.nodeid] > 1:
-            rename(item, f"{item.nodeid.rpartition('::')[0]}::{item.name}")
-    repeated = [node for node, count in Counter(item.nodeid for item in items).items() if count > 1]
-    assert not repeated, f"tests sharing a node id: {repeated}"
-
-
-def starts_processes(item: pytest.Item) -> bool:
-    """Whether the test starts real processes (e2e, fault and browser tests)."""
-    return any(item.get_closest_marker(mark) for mark in ("e2e", "fault"))
-
-
-def shares_a_module_fixture(item: pytest.Item) -> bool:
-    """Whether the test uses a module- or class-scoped fixture (directly or through another one)."""
-    definitions = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixture closure
-    if definitions is None:
-        return False
-    return any(d.scope in ("module", "class") for defs in definitions.name2fixturedefs.values() for d in defs)
 
 
 @pytest.fixture(scope="session")
