@@ -1,51 +1,45 @@
 """The lifecycle's guarantees under the load and the faults that break naive designs, with real processes.
 
-- a backlog far longer than every timer drains with no failure and no copy of any message;
 - an image that kills every worker that starts it ends as poison after MAX_ATTEMPTS deliveries, under `make run`,
   whose page keeps answering;
 - a worker killed between its MySQL commit and its Redis write: the answer is read from MySQL at once;
 - a stalled (SIGSTOPped) worker's claim expires and is recovered, and its late write changes nothing.
 
-Faults are injected by tests/fault/inject/sitecustomize.py, put on the worker's PYTHONPATH.
+A backlog far longer than every timer is test_backlog.py's. Faults are injected by tests/fault/inject/sitecustomize.py,
+put on the worker's PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import requests
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared.config import REPO_ROOT
-from shared.kombu_redis import message_task_ids
 from shared.schema import FINAL_STATES, Prediction
 from tests.helpers import png_bytes
-from tests.stack import LiveStack, MakeRun, running_stack
+from tests.stack import LiveStack, MakeRun
 
 pytestmark = pytest.mark.fault
 log = logging.getLogger(__name__)
 
 INJECT = Path(__file__).parent / "inject"
-# The issue's setup: a slow worker (one upload at a time) and timers far shorter than the backlog.
+# The issue's setup: a slow worker (one upload at a time) and timers far shorter than a backlog (test_backlog.py).
 SLOW_WORKER = {"SWEEP_AFTER_SECONDS": "5", "SWEEP_INTERVAL_SECONDS": "2", "MAX_ATTEMPTS": "2", "BATCH_MAX_SIZE": "1",
                "WORKER_CONCURRENCY": "1", "WORKER_PREFETCH_MULTIPLIER": "1"}
-BACKLOG = 3000
 
 
 def fault_env(**faults: object) -> dict[str, str]:
@@ -85,67 +79,6 @@ def wait_final(db_sessions, task_ids: list[str], timeout: float) -> dict[str, Pr
             return found
         assert time.monotonic() < deadline, f"{sum(r.state not in FINAL_STATES for r in found.values())} not final"
         time.sleep(0.2)
-
-
-@dataclass
-class QueueWatch:
-    """Samples the queue against the uploads not yet final, until stopped: no copies, never more messages."""
-
-    db_engine: object
-    client: redis.Redis
-    queue: str
-    deepest: int = 0
-    samples: int = 0
-    excess: list[tuple[int, int]] = field(default_factory=list)  # (uploads in messages, not final) when more
-    copies: int = 0  # uploads found in two messages at once
-
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def _count(self, *where) -> int:
-        with self.db_engine.connect() as conn:  # type: ignore[attr-defined]
-            return conn.scalar(select(func.count()).select_from(Prediction)
-                               .where(Prediction.queue == self.queue, *where)) or 0
-
-    def run(self) -> None:
-        """Read final-count, queue, row count, in this order, so not-final is never under-counted."""
-        while not self.stop.wait(0.5):
-            final = self._count(Prediction.state.in_([s.value for s in FINAL_STATES]))
-            queued = [t for raw in self.client.lrange(self.queue, 0, -1) for t in message_task_ids(json.loads(raw))]
-            not_final = self._count() - final
-            self.samples += 1
-            self.deepest = max(self.deepest, len(queued))
-            self.copies += len(queued) - len(set(queued))
-            if len(queued) > not_final:
-                self.excess.append((len(queued), not_final))
-
-
-def test_a_backlog_far_longer_than_every_timer_drains_without_a_failure_or_a_copy(
-        database_url, redis_url, db_engine, db_sessions, mnist):
-    images = [png_bytes(d) for d in mnist.x_test[:200]]
-    with running_stack(database_url, redis_url, **SLOW_WORKER) as live:
-        watch = QueueWatch(db_engine, redis.Redis.from_url(redis_url), live.settings.queue_name)
-        sampler = threading.Thread(target=watch.run, daemon=True)
-        sampler.start()
-        started = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            accepted = list(pool.map(lambda i: upload(live.base_url, images[i % len(images)]), range(BACKLOG)))
-        uploaded_s = time.monotonic() - started
-        found = wait_final(db_sessions, accepted, timeout=900)
-        drained_s = time.monotonic() - started
-        watch.stop.set()
-        sampler.join(5)
-
-    books = {"accepted": len(set(accepted)), "completed": sum(r.state == "SUCCESS" for r in found.values()),
-             "failed": sum(r.state == "FAILURE" for r in found.values()), "deepest_queue": watch.deepest,
-             "uploaded_s": round(uploaded_s, 1), "drained_s": round(drained_s, 1), "samples": watch.samples}
-    print(f"\n    backlog: {books}")  # noqa: T201 - the figures the issue asks to report
-    assert books["accepted"] == BACKLOG and books["completed"] == BACKLOG and books["failed"] == 0
-    assert {r.deliveries for r in found.values()} == {1}  # each started exactly once: no copy was ever run
-    with db_sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Prediction)
-                        .where(Prediction.queue == live.settings.queue_name)) == BACKLOG  # one row each
-    assert watch.copies == 0 and watch.excess == []  # no copies; never more queued than uploads not yet final
-    assert watch.deepest > BACKLOG / 3  # the backlog was real: far more than the timers allow to drain
 
 
 @pytest.fixture
