@@ -1,5 +1,5 @@
 """How the suite is spread over pytest-xdist's processes (`make test`): unique node ids, one process per module that
-shares a module fixture, the tests that start processes first. A plugin (pyproject.toml's addopts load it), so that
+shares a module fixture, the longest tests first. A plugin (pyproject.toml's addopts load it), so that
 tests/test_scheduling.py can run it on a small suite of its own."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if shares_a_module_fixture(item):
                 # One xdist worker takes the whole module (--dist loadgroup), so its stack or model starts once.
                 rename(item, f"{item.nodeid}@{item.nodeid.split('::', 1)[0]}")
-    # The long ones (stacks of processes, minutes of faults) start first, so no worker is left with one at the end;
-    # with --no-loadscope-reorder, xdist hands out work in this order. Otherwise the order stays as collected.
-    items.sort(key=lambda item: not starts_processes(item))
+    # The long ones start first, longest first, then the other tests that start processes, so no worker is left with
+    # one at the end while the others idle; with --no-loadscope-reorder, xdist hands out work in this order.
+    items.sort(key=lambda item: (-expected_seconds(item), not starts_processes(item)))
 
 
 def distributed_by_group(config: pytest.Config) -> bool:
@@ -49,6 +49,12 @@ def unique_node_ids(items: list[pytest.Item]) -> None:
             rename(item, f"{item.nodeid.rpartition('::')[0]}::{item.name}")
     repeated = [node for node, count in Counter(item.nodeid for item in items).items() if count > 1]
     assert not repeated, f"tests sharing a node id: {repeated}"
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """About how long the test runs when it is marked `long` (its stack, load and timers: minutes), else 0."""
+    mark = item.get_closest_marker("long")
+    return float(mark.args[0]) if mark and mark.args else 0.0
 
 
 def starts_processes(item: pytest.Item) -> bool:

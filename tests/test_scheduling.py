@@ -27,11 +27,13 @@ def costly():
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Eight tests that share a module fixture, then eight plain ones, with the plugin and xdist at hand."""
+    """Two long tests, eight plain ones, eight that share a module fixture; the plugin and xdist at hand."""
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     pytester.makepyfile(
         test_shares=SHARED + "\n".join(f"def test_{i}(costly):\n    assert costly == 1\n" for i in range(8)),
-        test_plain="\n".join(f"def test_{i}():\n    pass\n" for i in range(8)))
+        test_plain="\n".join(f"def test_{i}():\n    pass\n" for i in range(8)),
+        test_long="import pytest\n\n@pytest.mark.long(5)\ndef test_a_while():\n    pass\n\n"
+                  "@pytest.mark.long(50)\ndef test_longest():\n    pass\n")
     return pytester
 
 
@@ -42,11 +44,13 @@ def _run(suite: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_a_module_fixture_is_made_once_when_its_tests_are_spread_over_processes(suite: pytest.Pytester) -> None:
     result = _run(suite, "-n", "2", "--dist", "loadgroup", "--no-loadscope-reorder")
-    result.assert_outcomes(passed=16)
+    result.assert_outcomes(passed=18)
     made = (suite.path / "made.txt").read_text().split()
     assert len(made) == 1, f"the module fixture was made in {made}: its tests were split between processes"
 
 
-def test_without_groups_the_node_ids_stay_as_collected(suite: pytest.Pytester) -> None:
+def test_without_groups_the_node_ids_stay_as_collected_and_the_longest_come_first(suite: pytest.Pytester) -> None:
     result = _run(suite, "--collect-only", "-q")
-    assert "test_shares.py::test_0" in result.stdout.str() and "@" not in result.stdout.str()
+    listed = [line for line in result.stdout.lines if "::" in line]
+    assert listed[:3] == ["test_long.py::test_longest", "test_long.py::test_a_while", "test_plain.py::test_0"]
+    assert len(listed) == 18 and not any("@" in line for line in listed)

@@ -21,6 +21,7 @@ def test_multipart_body_carries_each_file_in_the_file_field():
     assert b'name="file"; filename="b.png"' in body and b"\r\n\r\nBBB\r\n" in body
 
 
+@pytest.mark.long(80)
 def test_bench_runs_every_scenario_and_reports_them(tmp_path: Path):
     out = tmp_path / "bench.json"
     # Short, but long enough that every scenario finishes something while other test processes load the cores

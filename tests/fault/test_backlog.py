@@ -29,7 +29,7 @@ from tests.fault.test_lifecycle import SLOW_WORKER, upload, wait_final
 from tests.helpers import eventually, png_bytes
 from tests.stack import running_stack
 
-pytestmark = pytest.mark.fault
+pytestmark = [pytest.mark.fault, pytest.mark.long(140)]
 
 BACKLOG = 3000
 # The slow worker (one upload at a time, timers far shorter than the backlog), purging every second what

@@ -158,6 +158,7 @@ def _workers(stack: NetStack) -> int:
     return int(requests.get(f"{stack.base_url}/system", timeout=10).json()["workers"])
 
 
+@pytest.mark.long(90)
 def test_a_worker_cut_off_from_redis_for_a_minute_gives_back_what_it_reserved(network, tmp_path, mnist):
     # What the cut worker holds it still finishes (MySQL is reachable); what the cut takes from everyone is the
     # messages Redis handed out in replies that never arrived: in no list, no unacked hash and no worker's hands.
@@ -190,6 +191,7 @@ def test_a_worker_cut_off_from_redis_for_a_minute_gives_back_what_it_reserved(ne
         stack.stop()
 
 
+@pytest.mark.long(60)
 def test_the_web_cut_off_from_redis_answers_503_quickly_and_finishes_what_it_accepted(network, tmp_path, mnist):
     stack = _stack(network, tmp_path)
     try:
@@ -220,6 +222,7 @@ def test_the_web_cut_off_from_redis_answers_503_quickly_and_finishes_what_it_acc
         stack.stop()
 
 
+@pytest.mark.long(200)
 def test_two_minutes_of_slow_lossy_links_cost_time_but_no_upload(network, tmp_path, mnist):
     # 200 ms each way between the services and their clients (relays: no sch_netem here), 5% of every host's
     # packets dropped at random; leases long enough for round trips of 400 ms.
