@@ -72,6 +72,12 @@ model-strong: $(VENV)/.installed-local  ## train the strong CNN (about 8 min on 
 run: $(VENV)/.installed-local model  ## start Redis (if needed), web :8000, a worker and Flower :5555
 	$(PY) -m scripts.run_local
 
+# The suite starts hundreds of Python processes, and pytest rewrites every test module's asserts in each of its own:
+# where the environment sets PYTHONDONTWRITEBYTECODE (this machine and its CI do), every one of them compiled all of
+# that again (a third of each pytest process's start). The tests write their bytecode as Python does by default
+# (__pycache__, ignored by git).
+test check: export PYTHONDONTWRITEBYTECODE :=
+
 test: $(VENV)/.installed-dev model  ## the whole test suite (needs MariaDB and Redis, see README)
 	@# After a passing `make check` on this very tree (CI runs both), its fast tier is not run again.
 	@marker="$$($(PY) -m scripts.fast_tier marker)"; \
