@@ -1,10 +1,11 @@
-"""Compare trained digit models on MNIST test, user-style, other-writers, styled-writers and held-out-font uploads;
+"""Compare trained digit models on MNIST test, user-style, other-writers, styled-writers, held-out-font and
+box-filled-scan uploads;
 prints Markdown tables (overall, per digit on every set, per kind).
 
     python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
                                    [--user-style 2000] [--seed 2024]
                                    [--other-writers 2000] [--other-seed 1130]
-                                   [--styled 2000] [--fonts-per-glyph 4]
+                                   [--styled 2000] [--fonts-per-glyph 4] [--filled 2000]
 
 Every image goes the way an upload does: encoded (PNG for MNIST, evaluation/userstyle.py's renderings
 for the user-style set, evaluation/otherwriters.py's low-resolution scans for the other-writers set; all
@@ -77,6 +78,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--styled", type=int, default=2000, help="size of the styled-writers set (default 2000)")
     parser.add_argument("--fonts-per-glyph", type=int, default=4,
                         help="captures of each digit of each held-out font (default 4)")
+    parser.add_argument("--filled", type=int, default=otherwriters.DEFAULT_SIZE,
+                        help=f"size of the box-filled-scans set (default {otherwriters.DEFAULT_SIZE})")
     parser.add_argument("--mnist", type=Path, default=MNIST_DIR, help=f"MNIST IDX directory (default {MNIST_DIR})")
     return parser.parse_args(argv)
 
@@ -105,6 +108,7 @@ def evaluation_sets(args: argparse.Namespace, mnist) -> list[EvalSet]:
                                                                      seed=args.other_seed)),
         _uploads_set("styled writers", writerstyles.styled_set(mnist.x_test, mnist.y_test, args.styled)),
         _uploads_set("held-out fonts", writerstyles.font_set(args.fonts_per_glyph)),
+        _uploads_set("box-filled scans", otherwriters.box_filled_set(mnist.x_test, mnist.y_test, args.filled)),
     ]
 
 

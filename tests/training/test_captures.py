@@ -35,3 +35,13 @@ def test_the_copies_are_the_same_for_a_seed_and_differ_for_another() -> None:
     first, again, other = (captures.served_copies(x, y, seed)[0] for seed in (5, 5, 6))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_a_filled_scan_stretches_a_narrow_digit_to_fill_mnists_box() -> None:
+    one = np.zeros((28, 28), np.float32)
+    one[4:24, 13:16] = 1.0  # a plain 1: 20 px tall, 3 wide
+    for levels in (2, 16):
+        scan = captures._filled_scan(one, 12, levels)
+        rows, cols = np.flatnonzero(scan.max(axis=1) > 0.5), np.flatnonzero(scan.max(axis=0) > 0.5)
+        assert (rows[0], rows[-1], cols[0], cols[-1]) == (4, 23, 4, 23)  # as wide as it is tall: proportions lost
+        assert scan.shape == (28, 28) and 0.99 <= scan.max() <= 1.0
