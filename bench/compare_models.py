@@ -1,5 +1,5 @@
-"""Compare trained digit models on MNIST test, user-style, other-writers, styled-writers, held-out-font and
-box-filled-scan uploads;
+"""Compare trained digit models on MNIST test, user-style, other-writers, styled-writers, held-out-font,
+box-filled-scan and styled box-filled uploads;
 prints Markdown tables (overall, per digit on every set, per kind).
 
     python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
@@ -109,6 +109,7 @@ def evaluation_sets(args: argparse.Namespace, mnist) -> list[EvalSet]:
         _uploads_set("styled writers", writerstyles.styled_set(mnist.x_test, mnist.y_test, args.styled)),
         _uploads_set("held-out fonts", writerstyles.font_set(args.fonts_per_glyph)),
         _uploads_set("box-filled scans", otherwriters.box_filled_set(mnist.x_test, mnist.y_test, args.filled)),
+        _uploads_set("styled box-filled", writerstyles.styled_set(mnist.x_test, mnist.y_test, args.styled, fill=True)),
     ]
 
 

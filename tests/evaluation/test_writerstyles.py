@@ -22,6 +22,13 @@ def test_the_styled_set_is_the_same_for_a_seed_keeps_labels_and_restyles_only_1_
     assert [kind for _, _, kind in first] == [KINDS[i % len(KINDS)] for i in range(12)]
 
 
+def test_the_styled_set_box_filled_is_the_same_digits_scanned_another_way():
+    plain, filled = writerstyles.styled_set(X, Y, 12, seed=3), writerstyles.styled_set(X, Y, 12, seed=3, fill=True)
+    assert [upload[1:] for upload in filled] == [upload[1:] for upload in plain]  # same labels and kinds, in order
+    assert all(a[0] != b[0] for a, b in zip(filled, plain, strict=True))
+    assert filled == writerstyles.styled_set(X, Y, 12, seed=3, fill=True)
+
+
 def test_the_font_set_draws_every_digit_of_every_held_out_font_and_none_other():
     _, families, evaluation = load_font_digits()
     uploads = writerstyles.font_set(per_glyph=1)
