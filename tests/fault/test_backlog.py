@@ -43,6 +43,13 @@ def _count(condition):
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
+def _rows(engine, queue: str, *where) -> int:
+    """The queue's rows that meet every condition."""
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(Prediction)
+                               .where(Prediction.queue == queue, *where)) or 0)
+
+
 @dataclass
 class QueueWatch:
     """Samples the queue against the uploads not yet final, until stopped: no copies, never more messages."""
@@ -55,16 +62,11 @@ class QueueWatch:
     excess: list[tuple[int, int]] = field(default_factory=list)  # (uploads in messages, not final) when more
     copies: int = 0  # uploads found in two messages at once
 
-    def _count(self, *where) -> int:
-        with self.db_engine.connect() as conn:  # type: ignore[attr-defined]
-            return conn.scalar(select(func.count()).select_from(Prediction)
-                               .where(Prediction.queue == self.queue, *where)) or 0
-
     def sample(self) -> None:
         """Read final-count, queue, row count, in this order, so not-final is never under-counted."""
-        final = self._count(Prediction.state.in_([s.value for s in FINAL_STATES]))
+        final = _rows(self.db_engine, self.queue, Prediction.state.in_([s.value for s in FINAL_STATES]))
         queued = [t for raw in self.client.lrange(self.queue, 0, -1) for t in message_task_ids(json.loads(raw))]
-        not_final = self._count() - final
+        not_final = _rows(self.db_engine, self.queue) - final
         self.samples += 1
         self.deepest = max(self.deepest, len(queued))
         self.copies += len(queued) - len(set(queued))
@@ -128,12 +130,6 @@ def _document(base_url: str, task_id: str) -> dict:
     resp = requests.get(f"{base_url}/tasks/{task_id}", timeout=30)
     assert resp.status_code == 200, resp.text
     return resp.json()
-
-
-def _rows(engine, queue: str, *where) -> int:
-    with engine.connect() as conn:
-        return int(conn.scalar(select(func.count()).select_from(Prediction)
-                               .where(Prediction.queue == queue, *where)) or 0)
 
 
 @pytest.fixture(scope="module")
