@@ -1,6 +1,6 @@
 """Compare trained digit models on MNIST test, user-style, other-writers, styled-writers, held-out-font,
 box-filled-scan and styled box-filled uploads;
-prints Markdown tables (overall, per digit on every set, per kind).
+prints Markdown tables (overall, per digit on every set, per kind on every set that has kinds).
 
     python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
                                    [--user-style 2000] [--seed 2024]
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import otherwriters, writerstyles
-from evaluation.userstyle import KINDS, accuracy_by_kind, encode_png, user_style_set
+from evaluation.userstyle import accuracy_by_kind, encode_png, user_style_set
 from shared.config import REPO_ROOT, STRONG_MODEL_PATH, quiet_tensorflow_logs
 from shared.imaging import ImageRejected
 from shared.preprocessing import preprocess
@@ -181,7 +181,10 @@ def _print_tables(args: argparse.Namespace, sets: list[EvalSet], rows: list[tupl
         print(f"| {path.name} | {predictor.version} | {meta.get('architecture', '?')} | "
               f"{meta.get('parameters', '?')} | {meta.get('train_seconds', '')} | {scores} | {infer_ms:.3f} |")
     _class_table(sets, rows)
-    for i, (evaluation, kinds) in enumerate([(sets[1], KINDS), (sets[2], otherwriters.KINDS)], start=1):
+    for i, evaluation in enumerate(sets):
+        if not evaluation.kinds:
+            continue
+        kinds = tuple(dict.fromkeys(evaluation.kinds))  # the sets cycle through their kinds: in that order
         kind_rows = [(row[0], accuracy_by_kind(list(evaluation.labels), list(evaluation.kinds), row[3][i]))
                      for row in rows]
         _kind_table(evaluation.name, kinds, kind_rows, 1)
