@@ -1,5 +1,5 @@
 """Compare trained digit models on MNIST test, user-style, other-writers, styled-writers, held-out-font,
-box-filled-scan and styled box-filled uploads;
+box-filled-scan, styled box-filled and pixelated-scan uploads (the other writers' enlarged by repeating pixels);
 prints Markdown tables (overall, per digit on every set, per kind on every set that has kinds).
 
     python -m bench.compare_models [--models models/mnist_model.h5 models/mnist_model_strong.h5]
@@ -100,7 +100,8 @@ def _uploads_set(name: str, uploads: Sequence[tuple[bytes, int, str]]) -> EvalSe
 
 
 def evaluation_sets(args: argparse.Namespace, mnist) -> list[EvalSet]:
-    """MNIST test (as PNG uploads), user-style, other writers, styled writers and held-out fonts."""
+    """MNIST test (as PNG uploads), user-style, other writers, styled writers, held-out fonts, box-filled scans,
+    styled box-filled and pixelated scans."""
     return [
         EvalSet("MNIST test", preprocess_all([encode_png(d) for d in mnist.x_test]), np.asarray(mnist.y_test)),
         _uploads_set("user-style", user_style_set(mnist.x_test, mnist.y_test, args.user_style, seed=args.seed)),
@@ -110,6 +111,8 @@ def evaluation_sets(args: argparse.Namespace, mnist) -> list[EvalSet]:
         _uploads_set("held-out fonts", writerstyles.font_set(args.fonts_per_glyph)),
         _uploads_set("box-filled scans", otherwriters.box_filled_set(mnist.x_test, mnist.y_test, args.filled)),
         _uploads_set("styled box-filled", writerstyles.styled_set(mnist.x_test, mnist.y_test, args.styled, fill=True)),
+        _uploads_set("pixelated scans", otherwriters.pixelated_set(mnist.x_test, mnist.y_test, args.other_writers,
+                                                                   seed=args.other_seed)),
     ]
 
 

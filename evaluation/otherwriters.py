@@ -38,7 +38,8 @@ proportions (0.9-1.1) and slant (+-0.12) and the pen as written.
 ``box_filled_set`` is the same capture from a scanner that normalises each digit by stretching its ink box to
 fill the scan before block-averaging it (the aspect ratio is lost: a plain 1 becomes a block as wide as it is
 tall), in 1 bit half of the time. Some digit scanners and datasets normalise so; issue #21's real writers, read
-mostly wrong as 1s taken for 8, 4 or 7, look like it.
+mostly wrong as 1s taken for 8, 4 or 7, look like it. ``pixelated_set`` is the other-writers set itself enlarged
+by repeating each scan pixel into a block (nearest neighbour), as small scans are often shown.
 
 ``other_writers_set(x, y, n, seed)`` is prefix-stable: its first m uploads are exactly
 ``other_writers_set(x, y, m, seed)`` (the digits are a seeded permutation's prefix and each is rendered
@@ -80,14 +81,15 @@ def other_writers_indices(total: int, n: int, seed: int = DEFAULT_SEED) -> np.nd
 
 
 def other_writers_set(x: np.ndarray, y: np.ndarray, n: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
-                      fill: bool = False) -> list[tuple[bytes, int, str]]:
+                      fill: bool = False, pixelated: bool = False) -> list[tuple[bytes, int, str]]:
     """``n`` other-writers uploads (encoded bytes, label, kind) from a seeded sample of digits ``x``/``y``.
-    ``fill``: scanned by a scanner that stretches each digit to fill its box (``box_filled_set``)."""
+    ``fill``: scanned by a scanner that stretches each digit to fill its box (``box_filled_set``); ``pixelated``:
+    enlarged by repeating the scan's pixels (``pixelated_set``)."""
     out: list[tuple[bytes, int, str]] = []
     for i, idx in enumerate(other_writers_indices(len(x), n, seed)):
         kind = KINDS[i % len(KINDS)]
         rng = np.random.default_rng([seed, 1, i])  # each upload from its own stream: prefix-stable sets
-        out.append((make_other_writer(x[idx], rng, kind, fill), int(y[idx]), kind))
+        out.append((make_other_writer(x[idx], rng, kind, fill, pixelated), int(y[idx]), kind))
     return out
 
 
@@ -97,6 +99,13 @@ def box_filled_set(x: np.ndarray, y: np.ndarray, n: int = DEFAULT_SIZE,
     (the aspect ratio is lost: a plain 1 becomes a block as wide as it is tall), half of them in 1 bit, as some
     digit scanners and datasets do."""
     return other_writers_set(x, y, n, seed, fill=True)
+
+
+def pixelated_set(x: np.ndarray, y: np.ndarray, n: int = DEFAULT_SIZE,
+                  seed: int = DEFAULT_SEED) -> list[tuple[bytes, int, str]]:
+    """The other-writers uploads (the same digits and scans) enlarged by repeating each scan pixel into a block
+    (nearest neighbour), as small scans are often shown, instead of smoothly."""
+    return other_writers_set(x, y, n, seed, pixelated=True)
 
 
 def _params(kind: str, rng: np.random.Generator) -> dict[str, float | int]:
@@ -180,9 +189,11 @@ def _scan(ink: np.ndarray, side: int, rng: np.random.Generator, fill: bool = Fal
     return square.reshape(side, block, side, block).mean(axis=(1, 3))
 
 
-def make_other_writer(digit: np.ndarray, rng: np.random.Generator, kind: str, fill: bool = False) -> bytes:
+def make_other_writer(digit: np.ndarray, rng: np.random.Generator, kind: str, fill: bool = False,
+                      pixelated: bool = False) -> bytes:
     """Render one 28x28 uint8 MNIST digit (white on black) as an encoded other-writers upload of ``kind``;
-    ``fill``: by a scanner that stretches the digit to fill its box, in 1 bit half of the time."""
+    ``fill``: by a scanner that stretches the digit to fill its box, in 1 bit half of the time; ``pixelated``:
+    enlarged by repeating its pixels."""
     p = _params(kind, rng)
     ink = _pen(_hand(digit, float(p["stretch"]), float(p["shear"])), float(p["stroke"]))
     coverage = np.clip(_scan(ink, int(p["side"]), rng, fill), 0.0, 1.0)
@@ -196,6 +207,8 @@ def make_other_writer(digit: np.ndarray, rng: np.random.Generator, kind: str, fi
     scan = Image.fromarray(np.round(gray * 255).astype(np.uint8), "L")
     out_side = int(rng.integers(OUTPUT_SIDES[0], OUTPUT_SIDES[1] + 1))
     smooth = Image.Resampling.BILINEAR if rng.random() < 0.5 else Image.Resampling.BICUBIC
+    if pixelated:  # drawn all the same: the rest of the upload is the one the smooth set has
+        smooth = Image.Resampling.NEAREST
     shown = scan.resize((out_side, out_side), smooth)
     if rng.random() < 0.2:
         buf = io.BytesIO()

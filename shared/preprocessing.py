@@ -14,6 +14,7 @@ from PIL import Image
 from shared.background import fit_background, ink_map, noise_sigma, reduce_to
 from shared.imaging import ImageRejected, load_grayscale
 from shared.limits import DEFAULT_LIMITS, ImageLimits
+from shared.pixelation import unpixelate
 from shared.ranks import kth_largest, kth_smallest, median
 
 # The background is fitted on an even smaller copy: it is smooth by definition.
@@ -96,7 +97,7 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D grey image, got shape {gray.shape}")
     if is_mnist_form(gray):
         return gray.copy()  # already what the recipe below would make: redoing it only costs time
-    return _fit_and_centre(_digit_crop(_ink_of(gray)))
+    return _fit_and_centre(_digit_crop(_ink_of(unpixelate(gray))))
 
 
 def _ink_of(gray: np.ndarray) -> np.ndarray:
