@@ -19,6 +19,9 @@ MIN_CELL = 3.0  # px: finer repetition changes little once the digit is fitted t
 _QUIET = 0.15
 _MIN_STEP = 0.1  # the lattice must carry a change of at least this (fraction of full scale)
 _BLUR_CELL = 6.0  # from this cell size on, a resampled upload may spread a cell's edge over two pixels
+# A scan's curves change from cell to cell at many boundaries; a few hard edges (a bar, a sharp drawing's outline)
+# may sit on some lattice by chance, and are left alone: blocks matter where a curve becomes a staircase.
+MIN_CHANGES = 4
 
 
 def cells_along(changes: np.ndarray) -> int | None:
@@ -30,7 +33,7 @@ def cells_along(changes: np.ndarray) -> int | None:
         return None
     lines = np.flatnonzero(changes > _QUIET * strongest) + 1.0  # the first line of each change's new run
     cells = np.arange(MIN_CELLS, int(size / MIN_CELL) + 1, dtype=np.float64)[:, None]
-    if not len(cells):
+    if len(lines) < MIN_CHANGES or not len(cells):
         return None
     cell = size / cells
     # Nearest-neighbour resampling starts cell k at line ceil(k * cell - 0.5); every change must be there

@@ -43,7 +43,7 @@ OTHER_WRITERS_SEED = otherwriters.DEFAULT_SEED
 # strokes of preprocessing: 0.9267. Threshold: the measured figure less about 2.5 points (300 digits: +-0.9).
 OTHER_WRITERS_FLOOR = 0.95
 # The same 300 enlarged by repeating pixels may read at most this much worse (measured 2026-12-07 on all 2,000:
-# 0.3 points; 6.3 before preprocessing undid the blocks).
+# 0.45 points; 6.3 before preprocessing undid the blocks).
 PIXELATED_GAP = 0.02
 
 
